@@ -1,0 +1,287 @@
+"""ImageTextPairDataset: a directory of WebDataset shards with one Parquet of metadata per shard.
+
+The metadata is a lazy Dask DataFrame with exactly one partition per ``NNNNN.parquet``, in shard
+name order, each sorted by the id column. Partition ``i`` belongs to ``shards[i]``; the
+embedders rely on that to find the tar of the rows they process, so keep the partitioning (filter
+rows and add columns freely, but do not repartition) before embedding or writing.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+from typing import Iterable
+
+import dask
+import dask.dataframe as dd
+import fsspec
+import pyarrow.parquet as pq
+from dask import delayed
+
+from nemo_aesthetic import frames
+from nemo_aesthetic.atomic import atomic_open
+from nemo_aesthetic.datasets.shards import (
+    KeyIndex,
+    Shard,
+    ShardReadError,
+    TarShardWriter,
+    discover_shards,
+    iter_samples,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ImageTextPairDataset:
+    """Image-text pairs stored as WebDataset tars plus per-shard Parquet metadata.
+
+    Args:
+        path: the dataset directory (local path or any fsspec URL).
+        metadata: Dask DataFrame, one partition per shard.
+        tar_files: the tar of each partition (None where a shard has no tar).
+        id_col: the column holding each sample's key (the tar member name without extension).
+        shards: the shards the partitions came from (derived from ``tar_files`` if omitted).
+        storage_options: fsspec options for ``path`` (e.g. S3 credentials or endpoint).
+    """
+
+    def __init__(self, path: str, metadata: dd.DataFrame, tar_files: list, id_col: str,
+                 shards: list[Shard] | None = None, storage_options: dict | None = None):
+        self.path = path
+        self.metadata = metadata
+        self.tar_files = list(tar_files)
+        self.id_col = id_col
+        self.storage_options = storage_options or {}
+        self.shards = shards or [
+            Shard(_shard_name(t, i), None, t) for i, t in enumerate(self.tar_files)
+        ]
+        if metadata.npartitions != len(self.shards):
+            raise ValueError(
+                f"metadata has {metadata.npartitions} partitions but the dataset has {len(self.shards)} "
+                "shards; partition i must be shard i (do not repartition the metadata)"
+            )
+
+    # ------------------------------------------------------------------ reading
+    @classmethod
+    def from_webdataset(cls, path: str, id_col: str = "key", storage_options: dict | None = None
+                        ) -> "ImageTextPairDataset":
+        """Open a directory of ``NNNNN.tar`` + ``NNNNN.parquet`` shards (img2dataset layout).
+
+        Only the Parquet files are read, lazily; the tars are opened by the embedders on the
+        workers. Raises a clear error for a missing path, no Parquet, a tar with no Parquet,
+        an unreadable first Parquet, or an ``id_col`` that is not a column.
+        """
+        storage_options = storage_options or {}
+        fs, root = fsspec.core.url_to_fs(path, **storage_options)
+        root = root.rstrip("/")
+        shards = discover_shards(fs, root)
+        orphans = [s.tar for s in shards if s.parquet is None and s.tar is not None]
+        if orphans:
+            names = ", ".join(posixpath.basename(t) for t in orphans[:5])
+            raise ValueError(
+                f"{len(orphans)} tar file(s) in {path} have no metadata Parquet beside them ({names}); "
+                "every NNNNN.tar needs an NNNNN.parquet with one row per sample"
+            )
+        shards = [s for s in shards if s.parquet is not None]
+        if not shards:
+            raise FileNotFoundError(f"no NNNNN.parquet metadata files in {path}")
+        for s in shards:
+            if s.tar is None:
+                logger.warning("shard %s has metadata but no tar: its rows will be flagged, not scored", s.name)
+
+        meta = _read_meta(fs, shards[0], id_col)
+        metadata = dd.from_map(
+            _read_shard_metadata, shards, fs=fs, id_col=id_col,
+            meta=meta, label="read-shard-metadata", enforce_metadata=False,
+        )
+        return cls(path, metadata, [s.tar for s in shards], id_col, shards=shards,
+                   storage_options=storage_options)
+
+    # ------------------------------------------------------------------ writing
+    def save_metadata(self, path: str | None = None, columns: Iterable[str] | None = None) -> None:
+        """Write each partition to ``<path>/<shard name>.parquet`` (default: over the input).
+
+        Each file is written atomically, so a job killed mid-way leaves every file either as it
+        was or complete. ``columns`` selects (and orders) the columns written.
+        """
+        fs, root = self._fs_for(path)
+        fs.makedirs(root, exist_ok=True)
+        columns = list(columns) if columns is not None else None
+        tasks = [
+            delayed(_write_partition)(part, fs, posixpath.join(root, f"{shard.name}.parquet"), columns)
+            for part, shard in zip(self.metadata.to_delayed(), self.shards)
+        ]
+        dask.compute(*tasks)
+
+    def to_webdataset(self, path: str, filter_column: str, samples_per_shard: int = 10000,
+                      max_shards: int = 5, old_id_col: str | None = None) -> dict:
+        """Write the rows whose ``filter_column`` is True as a new, resharded WebDataset.
+
+        Output shards ``{i:0{max_shards}d}.tar`` + ``.parquet`` hold ``samples_per_shard``
+        samples each (the last one fewer). Samples get new ids by the legacy scheme
+        ``shard * 10**ceil(log10(samples_per_shard)) + index``, zero-padded; ``old_id_col``
+        keeps the previous id. Every member of a kept sample is copied byte for byte; Parquet
+        rows and tar samples match one to one. Output shards are written in parallel, each
+        streaming its input tars, so memory is bounded by one sample per task.
+
+        A kept row whose sample is not in its tar (failed download, missing tar) cannot be a
+        WebDataset sample: it is left out, logged, and listed in the returned summary. A
+        dataset filtered down to nothing gives one empty shard, so the output still opens.
+
+        Returns ``{"kept_rows", "written", "shards", "missing": [(shard, id), ...]}``.
+        """
+        if samples_per_shard < 1:
+            raise ValueError("samples_per_shard must be >= 1")
+        if filter_column not in self.metadata.columns:
+            raise KeyError(f"filter_column {filter_column!r} is not a column; columns: {list(self.metadata.columns)}")
+        fs_out, out_root = self._fs_for(path)
+        fs_in, in_root = self._fs_for(None)
+        if fs_out.protocol == fs_in.protocol and out_root.rstrip("/") == in_root.rstrip("/"):
+            raise ValueError("to_webdataset cannot write over its own input; choose another path")
+        fs_out.makedirs(out_root, exist_ok=True)
+
+        mask = self.metadata[filter_column].fillna(False).astype(bool)
+        kept = self.metadata[mask].persist()
+        counts = [int(c) for c in kept.map_partitions(len).compute()]
+        plan = _plan_output_shards(counts, samples_per_shard)
+        if len(plan) > 10**max_shards:
+            raise ValueError(f"{len(plan)} output shards do not fit in max_shards={max_shards} digits")
+        id_width = max_shards + math.ceil(math.log10(samples_per_shard))
+        parts = kept.to_delayed()
+        tasks = []
+        for j, slices in enumerate(plan):
+            tasks.append(delayed(_write_output_shard)(
+                fs_in, [self.shards[i] for i, _, _ in slices], slices, [parts[i] for i, _, _ in slices],
+                fs_out, out_root, f"{j:0{max_shards}d}", j * 10 ** math.ceil(math.log10(samples_per_shard)),
+                id_width, self.id_col, old_id_col,
+            ))
+        if not tasks:  # filtered down to nothing: one empty shard keeps the output readable
+            tasks.append(delayed(_write_output_shard)(
+                fs_in, [], [], [], fs_out, out_root, f"{0:0{max_shards}d}", 0, id_width, self.id_col,
+                old_id_col, empty_meta=kept._meta))
+        results = dask.compute(*tasks)
+        missing = [m for r in results for m in r["missing"]]
+        if missing:
+            logger.warning("to_webdataset: %d kept row(s) had no sample in their tar and were not written "
+                           "(first: %s)", len(missing), missing[:5])
+        return {
+            "kept_rows": sum(counts),
+            "written": sum(r["written"] for r in results),
+            "shards": len(results),
+            "missing": missing,
+        }
+
+    # ------------------------------------------------------------------ helpers
+    def _fs_for(self, path: str | None):
+        fs, root = fsspec.core.url_to_fs(path or self.path, **self.storage_options)
+        return fs, root.rstrip("/")
+
+
+def _shard_name(tar_path: str | None, index: int) -> str:
+    if tar_path is None:
+        return f"{index:05d}"
+    return posixpath.basename(tar_path).split(".", 1)[0]
+
+
+def _read_parquet(fs, path: str):
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.read_table(f)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise ValueError(f"cannot read metadata file {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_meta(fs, shard: Shard, id_col: str):
+    with fs.open(shard.parquet, "rb") as f:
+        try:
+            schema = pq.read_schema(f)
+        except Exception as exc:
+            raise ValueError(f"cannot read metadata file {shard.parquet}: {type(exc).__name__}: {exc}") from exc
+    if id_col not in schema.names:
+        raise KeyError(f"id_col {id_col!r} is not a column of {shard.parquet}; columns: {schema.names}")
+    return frames.arrow_to_frame(schema.empty_table())
+
+
+def _read_shard_metadata(shard: Shard, fs, id_col: str):
+    table = _read_parquet(fs, shard.parquet)
+    if id_col not in table.column_names:
+        raise KeyError(f"id_col {id_col!r} is not a column of {shard.parquet}; columns: {table.column_names}")
+    df = frames.arrow_to_frame(table)
+    df = df.sort_values(id_col, na_position="last", kind="stable").reset_index(drop=True)
+    ids = df[id_col]
+    dupes = ids[ids.duplicated() & ids.notna()]
+    if len(dupes):
+        shown = frames.column_values(dupes.drop_duplicates().head(5))
+        raise ValueError(f"{shard.parquet}: duplicate ids in column {id_col!r}: {shown}"
+                         f"{' ...' if len(dupes) > 5 else ''}")
+    return df
+
+
+def _write_partition(df, fs, path: str, columns: list | None) -> int:
+    if columns is not None:
+        df = df[columns]
+    table = frames.frame_to_arrow(df)
+    with atomic_open(fs, path, "wb") as f:
+        pq.write_table(table, f)
+    return len(df)
+
+
+def _plan_output_shards(counts: list[int], samples_per_shard: int) -> list[list[tuple[int, int, int]]]:
+    """Cut the kept rows (``counts[i]`` in partition i) into output shards of fixed size.
+
+    Returns, per output shard, the ``(partition, start, stop)`` row slices it takes.
+    """
+    plan, current, room = [], [], samples_per_shard
+    for part, count in enumerate(counts):
+        start = 0
+        while start < count:
+            take = min(room, count - start)
+            current.append((part, start, start + take))
+            start += take
+            room -= take
+            if room == 0:
+                plan.append(current)
+                current, room = [], samples_per_shard
+    if current:
+        plan.append(current)
+    return plan
+
+
+def _write_output_shard(fs_in, in_shards, slices, parts, fs_out, out_root, name, id_base, id_width,
+                        id_col, old_id_col, empty_meta=None) -> dict:
+    written_rows, missing = [], []
+    next_index = 0
+    with TarShardWriter(fs_out, posixpath.join(out_root, f"{name}.tar")) as writer:
+        for shard, (_, start, stop), part in zip(in_shards, slices, parts):
+            rows = part.iloc[start:stop]
+            index = KeyIndex(frames.column_values(rows[id_col]))
+            new_ids: dict[int, str] = {}
+            if shard.tar is not None:
+                try:
+                    for sample in iter_samples(fs_in, shard.tar):
+                        pos = index.position(sample.key)
+                        if pos is None:
+                            continue
+                        if pos not in new_ids:  # a key seen again later keeps its new id
+                            new_ids[pos] = f"{id_base + next_index:0{id_width}d}"
+                            next_index += 1
+                        writer.write(new_ids[pos], sample)
+                except ShardReadError as exc:
+                    logger.warning("to_webdataset: %s; its remaining kept rows are not written", exc)
+            positions = sorted(new_ids, key=new_ids.get)
+            out = rows.iloc[positions].copy()
+            if old_id_col:
+                out[old_id_col] = out[id_col]
+            out[id_col] = [new_ids[p] for p in positions]
+            written_rows.append(out)
+            missing += [(shard.name, k) for p, k in enumerate(frames.column_values(rows[id_col]))
+                        if p not in new_ids]
+    if written_rows:
+        frame = frames.concat(written_rows)
+    else:
+        frame = empty_meta.copy()
+        if old_id_col:
+            frame[old_id_col] = frame[id_col]
+        frame[id_col] = frame[id_col].astype(str)
+    _write_partition(frame.reset_index(drop=True), fs_out, posixpath.join(out_root, f"{name}.parquet"), None)
+    return {"written": next_index, "missing": missing}
+

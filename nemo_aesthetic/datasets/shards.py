@@ -1,0 +1,176 @@
+"""WebDataset shards: finding them, reading their samples by key, writing new ones.
+
+A dataset directory in img2dataset layout holds ``NNNNN.tar`` (members ``<key>.<ext>``),
+``NNNNN.parquet`` (one row per URL, including failed downloads that have no tar member) and
+optionally ``NNNNN_stats.json``. A tar is paired with its Parquet by shard *name*, never by its
+position in a sorted list, so a missing file cannot shift every later shard onto the wrong
+metadata.
+
+Tars are read as a stream (``tarfile`` mode ``r|*``, through fsspec) so any filesystem works,
+gzip-compressed shards work, and memory holds one sample at a time. Member names are split into
+key and extension with webdataset's own rule (``base_plus_ext``), so keys agree with what
+webdataset readers see; names it cannot split (``._*`` macOS resource forks, files without an
+extension) are counted as skipped, not guessed at.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import posixpath
+import re
+import tarfile
+from typing import Iterator
+
+import fsspec
+from webdataset.tariterators import base_plus_ext
+
+from nemo_aesthetic.atomic import atomic_open, is_temporary
+
+logger = logging.getLogger(__name__)
+
+_SHARD_FILE = re.compile(r"^(?P<name>[^/]+?)(?P<suffix>\.parquet|\.tar|\.tar\.gz|\.tgz|_stats\.json)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """One shard of a dataset: its name (``"00042"``) and the paths of its files (None if absent)."""
+
+    name: str
+    parquet: str | None
+    tar: str | None
+    stats: str | None = None
+
+
+@dataclasses.dataclass
+class Sample:
+    """The members of one key that sit next to each other in a tar, in tar order."""
+
+    key: str
+    members: list[tuple[str, tarfile.TarInfo, bytes]]  # (extension, header, bytes)
+
+    def extensions(self) -> list[str]:
+        return [ext for ext, _, _ in self.members]
+
+
+class KeyIndex:
+    """Finds the metadata row of a tar key.
+
+    Keys in tars are strings; id columns may be strings (img2dataset's zero-padded keys) or
+    integers. Integer ids match the integer value of the key (``"000000042"`` -> 42). Null ids
+    match nothing.
+    """
+
+    def __init__(self, ids: list):
+        present = [i for i in ids if i is not None and i == i]
+        self.integer = bool(present) and all(isinstance(i, int) and not isinstance(i, bool) for i in present)
+        self.positions = {i: pos for pos, i in enumerate(ids) if i is not None and i == i}
+
+    def position(self, tar_key: str) -> int | None:
+        if self.integer:
+            try:
+                return self.positions.get(int(tar_key))
+            except ValueError:
+                return None
+        return self.positions.get(tar_key)
+
+
+class ShardReadError(Exception):
+    """A tar could not be read (not a tar, truncated, unreadable). Samples before it stand."""
+
+
+def discover_shards(fs: fsspec.AbstractFileSystem, root: str) -> list[Shard]:
+    """All shards under ``root``, sorted by name, paired by name."""
+    if not fs.exists(root):
+        raise FileNotFoundError(f"dataset path does not exist: {root}")
+    if not fs.isdir(root):
+        raise NotADirectoryError(f"dataset path is not a directory: {root}")
+    found: dict[str, dict[str, str]] = {}
+    for path in fs.ls(root, detail=False):
+        base = posixpath.basename(path.rstrip("/"))
+        if is_temporary(base) or base.startswith("._"):
+            continue
+        m = _SHARD_FILE.match(base)
+        if not m:
+            continue
+        kind = {".parquet": "parquet", "_stats.json": "stats"}.get(m["suffix"], "tar")
+        found.setdefault(m["name"], {})[kind] = path
+    return [
+        Shard(name, files.get("parquet"), files.get("tar"), files.get("stats"))
+        for name, files in sorted(found.items())
+    ]
+
+
+def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | None = None) -> Iterator[Sample]:
+    """Yield the samples of a tar in order, grouping consecutive members that share a key.
+
+    A key that comes back later in the tar yields a second :class:`Sample`; callers decide what
+    a duplicate means. Names that webdataset cannot split are appended to ``skipped``.
+    Raises :class:`ShardReadError` (after yielding what could be read) on a broken tar.
+    """
+    current: Sample | None = None
+    try:
+        with fs.open(tar_path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, ext = base_plus_ext(info.name)
+                if key is None or posixpath.basename(info.name).startswith("._"):
+                    if skipped is not None:
+                        skipped.append(info.name)
+                    continue
+                data = tar.extractfile(info).read()
+                if current is not None and current.key == key:
+                    current.members.append((ext, info, data))
+                    continue
+                if current is not None:
+                    yield current
+                current = Sample(key, [(ext, info, data)])
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        if current is not None:
+            yield current
+            current = None
+        raise ShardReadError(f"cannot read {posixpath.basename(tar_path)}: {type(exc).__name__}: {exc}") from exc
+    if current is not None:
+        yield current
+
+
+class TarShardWriter:
+    """Writes samples to a new tar, atomically (the tar appears complete or not at all).
+
+    Member headers (mode, mtime, owner) and bytes are copied from the input unchanged; only the
+    key part of the name changes.
+    """
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str):
+        self._cm = atomic_open(fs, path, "wb")
+        self._file = None
+        self._tar: tarfile.TarFile | None = None
+        self.samples = 0
+        self.path = path
+
+    def __enter__(self):
+        self._file = self._cm.__enter__()
+        self._tar = tarfile.open(fileobj=self._file, mode="w|", format=tarfile.PAX_FORMAT)
+        return self
+
+    def write(self, new_key: str, sample: Sample) -> None:
+        for ext, info, data in sample.members:
+            header = _copy_info(info, f"{new_key}.{ext}")
+            header.size = len(data)
+            self._tar.addfile(header, io.BytesIO(data))
+        self.samples += 1
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self._tar.close()
+        finally:
+            return self._cm.__exit__(exc_type, exc, tb)
+
+
+def _copy_info(info: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
+    new = tarfile.TarInfo(name)
+    for attr in ("mode", "mtime", "uid", "gid", "uname", "gname", "type"):
+        setattr(new, attr, getattr(info, attr))
+    new.type = tarfile.REGTYPE
+    return new

@@ -1,0 +1,96 @@
+"""Dask clusters and per-worker state.
+
+``get_client`` starts a local cluster (CPU: ``LocalCluster``; GPU: dask-cuda's
+``LocalCUDACluster``, one worker per GPU) or connects to one started elsewhere with the standard
+``dask scheduler`` / ``dask worker`` commands. ``load_object_on_worker`` keeps expensive objects
+(models) alive once per worker process, so a model is loaded once, not once per partition.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from typing import Any, Callable
+
+from distributed import Client, LocalCluster
+
+_CACHE: dict[str, Any] = {}
+_CACHE_LOCK = threading.Lock()
+_KEY_LOCKS: dict[str, threading.Lock] = {}
+#: How many times each cached object was actually loaded in this process (tests count it).
+LOAD_COUNTS: Counter = Counter()
+
+
+def get_client(cluster_type: str = "cpu", scheduler_address: str | None = None,
+               scheduler_file: str | None = None, n_workers: int | None = os.cpu_count(),
+               threads_per_worker: int = 1, timeout: str | int = "30s", **cluster_kwargs) -> Client:
+    """A ``distributed.Client``: to an existing cluster, or to a new local one.
+
+    Args:
+        cluster_type: "cpu" (``LocalCluster`` with worker processes) or "gpu" (dask-cuda's
+            ``LocalCUDACluster``, one worker per visible GPU; needs the ``gpu`` extra).
+        scheduler_address: connect to a running scheduler (``tcp://host:8786``) instead.
+        scheduler_file: connect using the JSON file ``dask scheduler --scheduler-file`` wrote.
+        n_workers, threads_per_worker: size of a local CPU cluster.
+        timeout: how long to wait for an existing scheduler before giving up.
+        cluster_kwargs: passed to the local cluster (e.g. ``memory_limit``; for GPU clusters
+            ``rmm_pool_size``, ``enable_cudf_spill``, ``protocol``, ``CUDA_VISIBLE_DEVICES``).
+    """
+    if scheduler_address and scheduler_file:
+        raise ValueError("give scheduler_address or scheduler_file, not both")
+    if scheduler_address or scheduler_file:
+        try:
+            if scheduler_file:
+                if not os.path.exists(scheduler_file):
+                    raise FileNotFoundError(f"scheduler file not found: {scheduler_file}")
+                return Client(scheduler_file=scheduler_file, timeout=timeout)
+            return Client(scheduler_address, timeout=timeout)
+        except (OSError, TimeoutError) as exc:
+            where = scheduler_address or scheduler_file
+            raise ConnectionError(f"cannot reach the Dask scheduler at {where}: {exc}") from exc
+    if cluster_type == "cpu":
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                               processes=True, **cluster_kwargs)
+        return Client(cluster)
+    if cluster_type == "gpu":
+        return Client(_local_cuda_cluster(**cluster_kwargs))
+    raise ValueError(f"unknown cluster_type {cluster_type!r}: use 'cpu' or 'gpu'")
+
+
+def _local_cuda_cluster(**kwargs):
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as exc:
+        raise ImportError(
+            "cluster_type='gpu' needs dask-cuda: pip install 'nemo_aesthetic[gpu]'"
+        ) from exc
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("cluster_type='gpu' but no CUDA GPU is visible to PyTorch on this machine")
+    kwargs.setdefault("rmm_pool_size", None)
+    return LocalCUDACluster(**kwargs)
+
+
+def load_object_on_worker(key: str, loader: Callable[..., Any], *args, **kwargs) -> Any:
+    """Return the object cached under ``key`` in this process, loading it on first use.
+
+    One load per worker process however many partitions and calls use it; concurrent first
+    uses from several worker threads wait for the one load instead of repeating it.
+    """
+    try:
+        return _CACHE[key]
+    except KeyError:
+        pass
+    with _CACHE_LOCK:
+        lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        if key not in _CACHE:
+            _CACHE[key] = loader(*args, **kwargs)
+            LOAD_COUNTS[key] += 1
+        return _CACHE[key]
+
+
+def load_counts() -> dict[str, int]:
+    """Loads per cache key in this process; run on workers with ``client.run(load_counts)``."""
+    return dict(LOAD_COUNTS)

@@ -1,0 +1,1 @@
+"""Image decoding, embedding models and classifiers on embeddings."""

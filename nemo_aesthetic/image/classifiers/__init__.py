@@ -1,0 +1,5 @@
+"""Classifiers that score image embeddings."""
+from nemo_aesthetic.image.classifiers.aesthetic import AestheticClassifier
+from nemo_aesthetic.image.classifiers.base import ImageClassifier
+
+__all__ = ["AestheticClassifier", "ImageClassifier"]

@@ -1,0 +1,87 @@
+"""TimmImageEmbedder: any timm image model, weights through timm's own loading.
+
+``pretrained=True`` loads weights the way timm does (Hugging Face hub, honouring the HF cache,
+``cache_dir`` and ``HF_HUB_OFFLINE=1``); ``checkpoint_path`` loads a local file through timm's
+``load_checkpoint``. Preprocessing is timm's transform for the model's own pretrained config.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Iterable
+
+from nemo_aesthetic.image.embedders.base import ImageEmbedder
+from nemo_aesthetic.image.preprocess import DEFAULT_MAX_PIXELS, cpu_transform, make_preprocessor
+
+
+class TimmImageEmbedder(ImageEmbedder):
+    """Embed images with a timm model (default use: ``vit_large_patch14_clip_quickgelu_224.openai``).
+
+    Args:
+        model_name: timm model name, with its pretrained tag (``.openai``).
+        pretrained: load pretrained weights through timm's hub loading.
+        batch_size: images per forward pass.
+        num_threads_per_worker: decode/preprocess threads per worker.
+        image_embedding_column: name of the output column.
+        normalize_embeddings: L2-normalise (the aesthetic and NSFW heads expect it).
+        classifiers: classifiers to fuse: they score each batch right after the forward pass.
+        autocast: bf16 autocast on CUDA (ignored on CPU, where it would only change the scores).
+        use_index_files: accepted for compatibility; tars are streamed, so index files are unused.
+        checkpoint_path: a local weights file loaded through timm (instead of, or over, the hub).
+        model_kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``, ...).
+        cache_dir: timm/Hugging Face cache directory for hub weights.
+        device: "cuda", "cpu", ... (default: cuda if the worker has a GPU, else cpu).
+        max_pixels: images with more pixels are refused with a per-row reason.
+    """
+
+    def __init__(self, model_name: str, pretrained: bool = False, batch_size: int = 1,
+                 num_threads_per_worker: int = 4, image_embedding_column: str = "image_embedding",
+                 normalize_embeddings: bool = True, classifiers: Iterable = (), autocast: bool = True,
+                 use_index_files: bool = False, checkpoint_path: str | None = None,
+                 model_kwargs: dict | None = None, cache_dir: str | None = None, device: str | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        super().__init__(model_name, image_embedding_column=image_embedding_column, classifiers=classifiers,
+                         batch_size=batch_size, num_threads_per_worker=num_threads_per_worker,
+                         normalize_embeddings=normalize_embeddings, autocast=autocast, device=device,
+                         max_pixels=max_pixels)
+        self.pretrained = pretrained
+        self.use_index_files = use_index_files
+        self.checkpoint_path = checkpoint_path
+        self.model_kwargs = dict(model_kwargs or {})
+        self.cache_dir = cache_dir
+        self._embedding_dim = self._probe_embedding_dim()
+
+    def _probe_embedding_dim(self) -> int:
+        """Build the architecture on the meta device: checks the name and finds the output width
+        without allocating or downloading any weights."""
+        import timm
+        import torch
+
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(self.model_name, pretrained=False, **self.model_kwargs)
+        except RuntimeError as exc:
+            raise ValueError(f"timm does not know model {self.model_name!r}: {exc}") from exc
+        return int(model.num_classes or model.num_features)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self._embedding_dim
+
+    def load_embedding_model(self, device: str):
+        import timm
+
+        kwargs = dict(self.model_kwargs)
+        if self.cache_dir is not None:
+            kwargs["cache_dir"] = self.cache_dir
+        model = timm.create_model(self.model_name, pretrained=self.pretrained,
+                                  checkpoint_path=self.checkpoint_path or None, **kwargs)
+        return model.eval().to(device)
+
+    def load_preprocessor(self, model):
+        return make_preprocessor(cpu_transform(model), self.max_pixels)
+
+    def model_cache_key(self, device: str) -> str:
+        spec = json.dumps([self.model_name, self.pretrained, self.checkpoint_path, self.model_kwargs,
+                           self.cache_dir, self.max_pixels, device], sort_keys=True, default=str)
+        return "timm-embedder-" + hashlib.sha1(spec.encode()).hexdigest()

@@ -1,0 +1,92 @@
+"""Image bytes -> model input tensors, exactly as the model's timm config says.
+
+The reference pipeline (the LAION aesthetic predictor) opens the file with PIL, converts it to
+RGB, and applies CLIP's preprocessing. timm's ``resolve_data_config`` + ``create_transform`` for
+the OpenAI ViT-L/14 give the same steps (bicubic resize of the short side to 224, centre crop,
+CLIP mean/std), and they follow any other timm model's own config too, so the transform is
+never written by hand here.
+
+Decoding looks at the content, not the file extension (img2dataset stores PNG, WebP or even
+HTML bodies as ``.jpg``). Anything PIL cannot decode, and any image over the pixel limit, raises
+:class:`ImageDecodeError` with a short reason that ends up in the row's ``error`` column. EXIF
+orientation is not applied, as in the reference, so scores match it.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Callable
+
+from PIL import Image, UnidentifiedImageError
+
+#: Tar member extensions taken as the image of a sample, in order of preference.
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+
+#: Images with more pixels than this are refused before decoding (decompression bombs).
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own Image.MAX_IMAGE_PIXELS default
+
+
+class ImageDecodeError(Exception):
+    """The bytes are not a decodable image (the message is the per-row reason)."""
+
+
+def pick_image(members: list[tuple[str, object, bytes]]) -> tuple[str, bytes] | None:
+    """The sample's image member ``(ext, bytes)``, by extension preference; None if it has none."""
+    by_ext = {}
+    for ext, _, data in members:
+        by_ext.setdefault(ext.lower(), data)
+    for ext in IMAGE_EXTENSIONS:
+        if ext in by_ext:
+            return ext, by_ext[ext]
+    return None
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``data`` into an RGB PIL image, or raise :class:`ImageDecodeError` saying why."""
+    if not data:
+        raise ImageDecodeError("empty image file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}")
+            image.load()
+            return image.convert("RGB")
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"not an image PIL can read (starts with {data[:12]!r})") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image too large: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
+
+
+def data_config(model) -> dict:
+    """The model's preprocessing config, as timm resolves it."""
+    import timm.data
+
+    return timm.data.resolve_data_config({}, model=model)
+
+
+def cpu_transform(model) -> Callable:
+    """PIL image -> normalised ``(3, H, W)`` float tensor, built by timm from the model's config."""
+    import timm.data
+
+    return timm.data.create_transform(**data_config(model), is_training=False)
+
+
+def make_preprocessor(transform: Callable, max_pixels: int = DEFAULT_MAX_PIXELS) -> Callable[[bytes], object]:
+    """bytes -> tensor, for a thread pool; raises :class:`ImageDecodeError` with the reason."""
+
+    def preprocess(data: bytes):
+        image = decode_image(data, max_pixels)
+        try:
+            return transform(image)
+        except Exception as exc:  # e.g. a 1x1 image that a resize cannot handle
+            raise ImageDecodeError(f"preprocessing failed: {type(exc).__name__}: {exc}") from None
+
+    return preprocess
