@@ -1,0 +1,82 @@
+"""Builds small real datasets for tests: real JPEGs (PIL), real tars, real Parquet.
+
+``write_img2dataset`` writes shards shaped like img2dataset's output: a Parquet row for every
+URL (failed downloads included, with no tar member), rows and members in a shuffled
+"completion" order, zero-padded string keys, ``NNNNN_stats.json`` beside each shard.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tarfile
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+#: A tiny model of the same architecture family as the real CLIP ViT-L/14 (768-d output).
+TINY_MODEL = "vit_large_patch14_clip_quickgelu_224"
+TINY_KWARGS = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+
+
+def image_bytes(seed: int, size=(96, 64), fmt="JPEG", mode="RGB") -> bytes:
+    """A deterministic, non-trivial picture (gradient + noise) encoded as ``fmt``."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * (seed % 7 + 1)) % 256, (yy * (seed % 5 + 2)) % 256, ((xx + yy) * 3) % 256], -1)
+    pixels = np.clip(base + rng.integers(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels, "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: int = 1_700_000_000) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = mtime
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_img2dataset(root, n_shards: int = 3, rows_per_shard: int = 10, fail_every: int = 4,
+                      seed: int = 0, image_size=(96, 64)) -> dict:
+    """Write an img2dataset-shaped dataset; returns ``{key: {"shard", "status", "image"}}``."""
+    os.makedirs(root, exist_ok=True)
+    rnd = random.Random(seed)
+    expected = {}
+    for shard in range(n_shards):
+        rows = []
+        order = list(range(rows_per_shard))
+        rnd.shuffle(order)  # completion order, not key order
+        with tarfile.open(os.path.join(root, f"{shard:05d}.tar"), "w") as tar:
+            for i in order:
+                key = f"{shard:05d}{i:04d}"
+                failed = fail_every and i % fail_every == fail_every - 1
+                caption = None if i == 1 else f"caption {key}"
+                row = {"url": f"http://127.0.0.1/{key}.jpg", "key": key, "caption": caption,
+                       "status": "failed_to_download" if failed else "success",
+                       "error_message": "HTTP Error 404: Not Found" if failed else None,
+                       "width": None if failed else image_size[0], "height": None if failed else image_size[1]}
+                rows.append(row)
+                image = None
+                if not failed:
+                    image = image_bytes(shard * 1000 + i, image_size)
+                    add_member(tar, f"{key}.jpg", image)
+                    add_member(tar, f"{key}.txt", (caption or "").encode())
+                    add_member(tar, f"{key}.json", json.dumps({"key": key, "caption": caption}).encode())
+                expected[key] = {"shard": f"{shard:05d}", "status": row["status"], "image": image}
+        pd.DataFrame(rows).to_parquet(os.path.join(root, f"{shard:05d}.parquet"), index=False)
+        with open(os.path.join(root, f"{shard:05d}_stats.json"), "w") as f:
+            json.dump({"count": rows_per_shard, "successes": sum(r["status"] == "success" for r in rows)}, f)
+    return expected
+
+
+def tar_members(path) -> list[tuple[str, bytes]]:
+    """``(name, bytes)`` of every file member of a tar, in order."""
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
