@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import fsspec
 import numpy as np
 
 from nemo_aesthetic.image.classifiers.base import ImageClassifier
@@ -38,7 +39,8 @@ def load_upstream(path: str):
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with fsspec.open(path, "rb") as f:  # local path or any fsspec URL
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"cannot load aesthetic weights {path}: {type(exc).__name__}: {exc}") from exc
     state = {k.removeprefix("layers."): v for k, v in state.items()}
@@ -84,12 +86,16 @@ class AestheticClassifier(ImageClassifier):
                          pred_column=pred_column, batch_size=batch_size, embedding_size=EMBEDDING_SIZE,
                          device=device)
         # Resolved here, on the client, so a missing file fails before any work is scheduled.
+        self.requested_model_path = model_path
         self.model_path = resolve_weights(AESTHETIC_WEIGHTS, model_path)
 
     def load_model(self, device: str) -> Callable:
         import torch
 
-        w, b = fold_affine(load_upstream(self.model_path))
+        path = self.model_path
+        if not fsspec.core.url_to_fs(path)[0].exists(path):  # a worker on another machine: resolve (and cache) it there
+            path = resolve_weights(AESTHETIC_WEIGHTS, self.requested_model_path)
+        w, b = fold_affine(load_upstream(path))
         weight = torch.as_tensor(w, dtype=torch.float64, device=device)
 
         def score(embeddings):

@@ -162,8 +162,11 @@ def _img2dataset_statuses(df) -> list | None:
     """img2dataset's per-row status and error message, to explain rows that have no image."""
     if "status" not in df.columns:
         return None
-    messages = df["error_message"].tolist() if "error_message" in df.columns else [None] * len(df)
-    return list(zip(df["status"].tolist(), messages))
+    def text(values):  # pandas gives NaN, cuDF None, for a missing string
+        return [v if isinstance(v, str) else None for v in values]
+
+    messages = text(df["error_message"].tolist()) if "error_message" in df.columns else [None] * len(df)
+    return list(zip(text(df["status"].tolist()), messages))
 
 
 def _make_forward(model, scorers, device: str, normalize: bool, autocast: bool):
