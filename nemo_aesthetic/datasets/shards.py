@@ -25,7 +25,7 @@ from typing import Iterator
 import fsspec
 from webdataset.tariterators import base_plus_ext
 
-from nemo_aesthetic.atomic import atomic_open, is_temporary
+from nemo_aesthetic.atomic import atomic_open, is_local, is_temporary
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ def discover_shards(fs: fsspec.AbstractFileSystem, root: str) -> list[Shard]:
         if not m:
             continue
         kind = {".parquet": "parquet", "_stats.json": "stats"}.get(m["suffix"], "tar")
-        found.setdefault(m["name"], {})[kind] = path
+        # Keep the protocol (s3://...): workers re-open these paths with fsspec.
+        found.setdefault(m["name"], {})[kind] = path if is_local(fs) else fs.unstrip_protocol(path)
     return [
         Shard(name, files.get("parquet"), files.get("tar"), files.get("stats"))
         for name, files in sorted(found.items())
