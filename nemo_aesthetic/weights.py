@@ -45,6 +45,16 @@ AESTHETIC_WEIGHTS = WeightsFile(
     description="LAION improved aesthetic predictor (v2) for CLIP ViT-L/14",
 )
 
+#: The PyTorch port of LAION's CLIP-based NSFW detector. Upstream publishes it only inside a zip
+#: (a GitHub issue attachment) and no checksum: ``sha256`` is empty, and the file is verified by
+#: loading it into the architecture instead (see ``nemo_aesthetic.image.classifiers.nsfw``).
+NSFW_WEIGHTS = WeightsFile(
+    filename="clip_autokeras_binary_nsfw.pth",
+    url="https://github.com/LAION-AI/CLIP-based-NSFW-Detector/files/10250461/clip_autokeras_binary_nsfw.zip",
+    sha256="",
+    description="LAION CLIP-based NSFW detector (PyTorch port) for CLIP ViT-L/14",
+)
+
 
 class WeightsUnavailableError(RuntimeError):
     """A weights file is neither present nor downloadable; the message says what to place where."""

@@ -1,0 +1,37 @@
+"""The stage-style front: filter a WebDataset (tar) dataset by aesthetic quality.
+
+    python examples/stage_pipeline.py /path/to/tar_dataset /path/to/models
+
+``/path/to/models`` is the Hugging Face cache for the CLIP model (timm downloads
+``timm/vit_large_patch14_clip_224.openai`` into it when online) and holds
+``sac+logos+ava1-l14-linearMSE.pth`` (else the default ``$NEMO_AESTHETIC_HOME`` copy is used,
+downloaded and verified if absent). Runs on the current Dask client, or starts a local cluster.
+"""
+import sys
+
+from nemo_aesthetic.pipeline import Pipeline
+from nemo_aesthetic.stages.file_partitioning import FilePartitioningStage
+from nemo_aesthetic.stages.image.embedders.clip_embedder import ImageEmbeddingStage
+from nemo_aesthetic.stages.image.filters.aesthetic_filter import ImageAestheticFilterStage
+from nemo_aesthetic.stages.image.io.image_reader import ImageReaderStage
+
+
+def main(dataset_dir: str, model_dir: str):
+    pipeline = Pipeline(name="aesthetic_filtering", description="Filter images by aesthetic quality")
+    pipeline.add_stage(FilePartitioningStage(file_paths=dataset_dir, files_per_partition=1, file_extensions=[".tar"]))
+    pipeline.add_stage(ImageReaderStage(batch_size=100, num_gpus_per_worker=0.25))
+    pipeline.add_stage(ImageEmbeddingStage(model_dir=model_dir, model_inference_batch_size=32, num_gpus_per_worker=0.25))
+    pipeline.add_stage(ImageAestheticFilterStage(model_dir=model_dir, score_threshold=0.5, model_inference_batch_size=32, num_gpus_per_worker=0.25))
+    results = pipeline.run()
+
+    images = [image for batch in results for image in batch.data]
+    print(f"{len(images)} images kept in {len(results)} batches")
+    for image in images[:10]:
+        print(f"{image.image_id}\t{image.aesthetic_score:.3f}\t{image.metadata.get('caption')!r}")
+    return results
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(f"usage: {sys.argv[0]} TAR_DATASET_DIR MODEL_DIR")
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,197 @@
+"""LAION's CLIP-based NSFW detector, in its PyTorch form.
+
+Upstream (LAION-AI/CLIP-based-NSFW-Detector) trained a small Keras model on L2-normalised
+OpenAI CLIP ViT-L/14 image embeddings. Its PyTorch port, the one NeMo Curator loads, is
+
+    (x - mean) / sqrt(variance)          buffers ``norm.mean``, ``norm.variance`` (768)
+    Linear 768-64   ReLU                 ``linear_1``
+    Linear 64-512   ReLU                 ``linear_2``
+    Linear 512-256  ReLU                 ``linear_3``
+    Linear 256-1    Sigmoid              ``linear_4``
+
+and outputs the probability (0-1) that an image is NSFW. The weights file
+``clip_autokeras_binary_nsfw.pth`` is distributed only inside a zip attached to an upstream
+issue, with no published checksum. So resolution follows the aesthetic weights' rules (explicit
+``model_path``; else ``$NEMO_AESTHETIC_HOME``; else download, written atomically; offline: an error
+naming file, directory and URL), except that verification is "the file loads strictly into the
+architecture above" instead of a sha256.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from typing import Callable
+
+import fsspec
+
+from nemo_aesthetic.atomic import atomic_open
+from nemo_aesthetic.image.classifiers.base import ImageClassifier
+from nemo_aesthetic.weights import (
+    HOME_ENV,
+    MIRROR_ENV,
+    NSFW_WEIGHTS,
+    WeightsUnavailableError,
+    cache_dir,
+    offline,
+    resolve_weights,
+)
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_SIZE = 768
+
+
+def nsfw_model():
+    """The PyTorch port's architecture, with its state-dict key names."""
+    import torch
+    from torch import nn
+
+    class Normalization(nn.Module):
+        def __init__(self, size: int):
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(size))
+            self.register_buffer("variance", torch.ones(size))
+
+        def forward(self, x):
+            return (x - self.mean) / self.variance.sqrt()
+
+    class NSFWModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = Normalization(EMBEDDING_SIZE)
+            self.linear_1 = nn.Linear(EMBEDDING_SIZE, 64)
+            self.linear_2 = nn.Linear(64, 512)
+            self.linear_3 = nn.Linear(512, 256)
+            self.linear_4 = nn.Linear(256, 1)
+
+        def forward(self, x):
+            x = self.norm(x)
+            x = torch.relu(self.linear_1(x))
+            x = torch.relu(self.linear_2(x))
+            x = torch.relu(self.linear_3(x))
+            return torch.sigmoid(self.linear_4(x))
+
+    return NSFWModel()
+
+
+def load_nsfw_model(source):
+    """The NSFW model with the weights in ``source`` (a path or a file object), eval mode, CPU."""
+    import torch
+
+    name = source if isinstance(source, str) else getattr(source, "name", "<bytes>")
+    try:
+        if isinstance(source, str):
+            with fsspec.open(source, "rb") as f:
+                state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        else:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot load NSFW weights {name}: {type(exc).__name__}: {exc}") from exc
+    model = nsfw_model()
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{name} is not a CLIP-based NSFW detector state dict (norm.mean, norm.variance, "
+                         f"linear_1..4: 768-64-512-256-1): {exc}") from exc
+    return model.eval()
+
+
+def resolve_nsfw_weights(model_path: str | None = None, directory: str | None = None,
+                         timeout: float = 60.0) -> str:
+    """The local path of the NSFW weights, downloading (zip), extracting and verifying if needed."""
+    spec = NSFW_WEIGHTS
+    if model_path is not None:
+        return resolve_weights(spec, model_path)  # must exist; used as given
+    directory = directory or cache_dir()
+    path = os.path.join(directory, spec.filename)
+    url = _zip_url()
+    problem = None
+    if os.path.exists(path):
+        try:
+            load_nsfw_model(path)
+            return path
+        except ValueError as exc:
+            problem = f"the cached file {path} does not load ({exc})"
+            logger.warning("%s; downloading it again from %s", problem, url)
+    if offline():
+        raise WeightsUnavailableError(_missing_message(path, directory, url, problem, "offline mode is set"))
+    try:
+        _download_and_extract(url, path, timeout)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, urllib.error.URLError) as exc:
+        raise WeightsUnavailableError(_missing_message(path, directory, url, problem, str(exc))) from exc
+    return path
+
+
+def _zip_url() -> str:
+    mirror = os.environ.get(MIRROR_ENV)
+    return f"{mirror.rstrip('/')}/{posixpath.basename(NSFW_WEIGHTS.url)}" if mirror else NSFW_WEIGHTS.url
+
+
+def _download_and_extract(url: str, path: str, timeout: float) -> None:
+    logger.info("downloading %s -> %s", url, path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with tempfile.TemporaryFile() as archive:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                archive.write(block)
+        archive.seek(0)
+        with zipfile.ZipFile(archive) as zf:
+            members = [m for m in zf.namelist()
+                       if posixpath.basename(m) == NSFW_WEIGHTS.filename and "__MACOSX" not in m]
+            if not members:
+                raise KeyError(f"the zip has no {NSFW_WEIGHTS.filename} (members: {zf.namelist()[:10]})")
+            data = zf.read(members[0])
+    load_nsfw_model(io.BytesIO(data))  # verify before anything is written to the cache
+    with atomic_open(fsspec.filesystem("file"), path, "wb") as out:
+        out.write(data)
+
+
+def _missing_message(path: str, directory: str, url: str, problem: str | None, reason: str) -> str:
+    lines = [f"{NSFW_WEIGHTS.description}: weights file {NSFW_WEIGHTS.filename} is not available."]
+    if problem:
+        lines.append(f"Problem: {problem}.")
+    lines += [
+        f"Download failed: {reason}.",
+        f"Place the file at {path} (directory {directory}, set by ${HOME_ENV}),",
+        f"extracted from {url} (no published checksum: the file is checked by loading it),",
+        "or pass model_path= with its location.",
+    ]
+    return "\n".join(lines)
+
+
+class NsfwClassifier(ImageClassifier):
+    """Appends ``nsfw_score`` (probability 0-1 that the image is NSFW) from CLIP ViT-L/14 embeddings.
+
+    Args:
+        embedding_column: the column of L2-normalised 768-d embeddings.
+        pred_column: the output column.
+        batch_size: embeddings scored per step when used alone (-1: the whole partition).
+        model_path: weights file; default ``$NEMO_AESTHETIC_HOME/clip_autokeras_binary_nsfw.pth``,
+            downloaded from the upstream zip and checked by loading it if absent.
+        device: "cuda", "cpu", ... (default: cuda if the worker has a GPU, else cpu).
+    """
+
+    def __init__(self, embedding_column: str = "image_embedding", pred_column: str = "nsfw_score",
+                 batch_size: int = -1, model_path: str | None = None, device: str | None = None):
+        super().__init__(model_name="nsfw_classifier", embedding_column=embedding_column,
+                         pred_column=pred_column, batch_size=batch_size, embedding_size=EMBEDDING_SIZE,
+                         device=device)
+        # Resolved here, on the client, so a missing file fails before any work is scheduled.
+        self.model_path = resolve_nsfw_weights(model_path)
+
+    def load_model(self, device: str) -> Callable:
+        import torch
+
+        model = load_nsfw_model(self.model_path).to(device)
+
+        def score(embeddings):
+            with torch.inference_mode():
+                return model(embeddings.to(device=device, dtype=torch.float32)).reshape(-1)
+
+        return score

@@ -1,0 +1,1 @@
+"""Stage-style front: image stages."""
