@@ -11,10 +11,12 @@ For each metadata partition, on the worker that holds it:
 Every row comes out. A row whose image is missing, undecodable, too large, duplicated or in an
 unreadable tar keeps its metadata and gets a null embedding/score and a reason in ``error``.
 
-The shard of each partition travels as a second, partition-aligned collection zipped with the
-metadata by ``dd.map_partitions``: dask keeps the two aligned through any partition selection or
-row filter, and the graph stays O(shards) (a shard list captured in every task would be
-O(shards**2), and ``partition_info`` numbers are renumbered by partition selection).
+Each partition is paired with its shard explicitly: one delayed task per (metadata partition,
+shard), assembled with ``dd.from_delayed``. The result is a single-root collection, so a user's
+``metadata["keep"] = metadata.aesthetic_score >= 5`` stays partition-wise. (Zipping the metadata
+with a second collection in ``dd.map_partitions`` made dask-expr unable to prove the two aligned,
+and it inserted index shuffles that mix rows of different shards; ``partition_info`` numbers are
+renumbered by ``.partitions[...]`` and would pair a partition with the wrong tar.)
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from typing import Callable, Iterable
 import dask.dataframe as dd
 import fsspec
 import numpy as np
-import pandas as pd
+from dask import delayed
 
 from nemo_aesthetic import frames
 from nemo_aesthetic.datasets.shards import KeyIndex, ShardReadError, iter_samples
@@ -97,11 +99,13 @@ class ImageEmbedder(ABC):
         new_columns[ERROR_COLUMN] = "string"
         base_meta = dataset.metadata._meta.drop(columns=[c for c in new_columns if c in dataset.metadata.columns])
         meta = frames.empty_like_with(base_meta, new_columns)
-        metadata = dd.map_partitions(
-            self._embed_partition, dataset.metadata, shard_collection(dataset),
-            id_col=dataset.id_col, storage_options=dataset.storage_options,
-            meta=meta, align_dataframes=False, enforce_metadata=False,
-        )
+        if dataset.metadata.npartitions != len(dataset.shards):
+            raise ValueError(f"metadata has {dataset.metadata.npartitions} partitions for {len(dataset.shards)} "
+                             "shards; partition i must stay shard i (do not repartition before embedding)")
+        embed = delayed(self._embed_partition, pure=False)
+        parts = [embed(part, shard, dataset.id_col, dataset.storage_options)
+                 for part, shard in zip(dataset.metadata.to_delayed(), dataset.shards)]
+        metadata = dd.from_delayed(parts, meta=meta, verify_meta=False)
         return ImageTextPairDataset(dataset.path, metadata, dataset.tar_files, dataset.id_col,
                                     shards=dataset.shards, storage_options=dataset.storage_options)
 
@@ -110,8 +114,8 @@ class ImageEmbedder(ABC):
         model = self.load_embedding_model(device)
         return model, self.load_preprocessor(model)
 
-    def _embed_partition(self, df, shard_info, id_col: str, storage_options: dict):
-        shard_name, tar_path = shard_info["name"].iloc[0], shard_info["tar"].iloc[0] or None
+    def _embed_partition(self, df, shard, id_col: str, storage_options: dict):
+        shard_name, tar_path = shard.name, shard.tar
         device = self.device or default_device()
         model, preprocess = load_object_on_worker(self.model_cache_key(device), self._load, device)
         scorers = [(clf.pred_column, load_object_on_worker(clf.cache_key(device), clf.load_model, device))
@@ -143,19 +147,6 @@ class ImageEmbedder(ABC):
             out[name] = frames.float_series(values, run.valid, out.index, like=df)
         out[ERROR_COLUMN] = frames.string_series(run.errors, out.index, like=df)
         return out
-
-
-def shard_collection(dataset) -> dd.DataFrame:
-    """One single-row partition per shard (name, tar path), aligned with ``dataset.metadata``."""
-    if dataset.metadata.npartitions != len(dataset.shards):
-        raise ValueError(f"metadata has {dataset.metadata.npartitions} partitions for {len(dataset.shards)} "
-                         "shards; partition i must stay shard i (do not repartition before embedding)")
-    meta = pd.DataFrame({"name": pd.Series([], dtype=object), "tar": pd.Series([], dtype=object)})
-    return dd.from_map(_shard_row, dataset.shards, meta=meta, label="shard-info", enforce_metadata=False)
-
-
-def _shard_row(shard) -> pd.DataFrame:
-    return pd.DataFrame({"name": [shard.name], "tar": [shard.tar or ""]}, dtype=object)
 
 
 def _img2dataset_statuses(df) -> list | None:
