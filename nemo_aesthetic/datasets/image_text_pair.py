@@ -139,8 +139,10 @@ class ImageTextPairDataset:
             raise ValueError("to_webdataset cannot write over its own input; choose another path")
         fs_out.makedirs(out_root, exist_ok=True)
 
-        mask = self.metadata[filter_column].fillna(False).astype(bool)
-        kept = self.metadata[mask].persist()
+        # Filter inside each partition: dask's optimizer turns ``df[s.astype(bool)]`` into the mask
+        # itself (a Series, not the rows; dask/dask#12172), and a partition-wise filter keeps
+        # partition i = shard i by construction.
+        kept = self.metadata.map_partitions(_keep_rows, filter_column, meta=self.metadata._meta).persist()
         counts = [int(c) for c in kept.map_partitions(len).compute()]
         plan = _plan_output_shards(counts, samples_per_shard)
         if len(plan) > 10**max_shards:
@@ -225,6 +227,11 @@ def _write_partition(df, fs, path: str, columns: list | None) -> int:
     return len(df)
 
 
+def _keep_rows(df, filter_column: str):
+    """The rows whose ``filter_column`` is True; nulls are not kept."""
+    return df[df[filter_column].fillna(False).astype(bool)]
+
+
 def _plan_output_shards(counts: list[int], samples_per_shard: int) -> list[list[tuple[int, int, int]]]:
     """Cut the kept rows (``counts[i]`` in partition i) into output shards of fixed size.
 
@@ -259,7 +266,7 @@ def _write_output_shard(fs_in, in_shards, slices, parts, fs_out, out_root, name,
                 try:
                     for sample in iter_samples(fs_in, shard.tar):
                         pos = index.position(sample.key)
-                        if pos is None:
+                        if pos is None or not sample.complete:  # a cut-off sample is not copied
                             continue
                         if pos not in new_ids:  # a key seen again later keeps its new id
                             new_ids[pos] = f"{id_base + next_index:0{id_width}d}"

@@ -48,6 +48,8 @@ class Sample:
 
     key: str
     members: list[tuple[str, tarfile.TarInfo, bytes]]  # (extension, header, bytes)
+    #: False for the sample being read when the tar broke: it may lack members that follow.
+    complete: bool = True
 
     def extensions(self) -> list[str]:
         return [ext for ext, _, _ in self.members]
@@ -107,7 +109,8 @@ def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | N
 
     A key that comes back later in the tar yields a second :class:`Sample`; callers decide what
     a duplicate means. Names that webdataset cannot split are appended to ``skipped``.
-    Raises :class:`ShardReadError` (after yielding what could be read) on a broken tar.
+    Raises :class:`ShardReadError` (after yielding what could be read) on a broken tar; the
+    sample that was being read then is yielded with ``complete=False``.
     """
     current: Sample | None = None
     try:
@@ -129,6 +132,7 @@ def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | N
                 current = Sample(key, [(ext, info, data)])
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         if current is not None:
+            current.complete = False
             yield current
             current = None
         raise ShardReadError(f"cannot read {posixpath.basename(tar_path)}: {type(exc).__name__}: {exc}") from exc
