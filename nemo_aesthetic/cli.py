@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     filt.add_argument("path", metavar="PATH", help="scored dataset directory (tars + Parquet with aesthetic_score)")
     filt.add_argument("--threshold", metavar="T", type=float, required=True, help="keep rows with score >= T")
     filt.add_argument("--out", metavar="DIR", required=True, help="output directory (not PATH)")
+    filt.add_argument("--mode", choices=("error", "overwrite", "resume"), default="error",
+                      help="if --out already holds shards: error (default), overwrite them, or resume an "
+                           "interrupted run of the same filter (keeps complete output shards)")
     filt.add_argument("--samples-per-shard", metavar="N", type=_positive_int, default=10000,
                       help="samples per output shard (default: 10000)")
     filt.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
@@ -723,7 +726,8 @@ def cmd_filter(args) -> int:
             score.size, (score >= args.threshold).sum(), score.isna().sum())
         logger.info("writing the %d row(s) with %s >= %g to %s", int(kept_rows), SCORE_COLUMN, args.threshold,
                     args.out)
-        result = dataset.to_webdataset(args.out, FILTER_COLUMN, samples_per_shard=args.samples_per_shard)
+        result = dataset.to_webdataset(args.out, FILTER_COLUMN, samples_per_shard=args.samples_per_shard,
+                                       mode=args.mode)
     rows, kept_rows, missing_scores = int(rows), int(kept_rows), int(missing_scores)
     dropped = rows - kept_rows - missing_scores
     print(f"rows: {rows}   kept: {result['written']} (score >= {args.threshold:g})   dropped: {dropped} "

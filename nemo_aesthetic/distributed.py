@@ -39,10 +39,10 @@ def get_client(cluster_type: str = "cpu", scheduler_address: str | None = None,
     if scheduler_address and scheduler_file:
         raise ValueError("give scheduler_address or scheduler_file, not both")
     if scheduler_address or scheduler_file:
+        if scheduler_file and not os.path.exists(scheduler_file):
+            raise FileNotFoundError(f"scheduler file not found: {scheduler_file}")
         try:
             if scheduler_file:
-                if not os.path.exists(scheduler_file):
-                    raise FileNotFoundError(f"scheduler file not found: {scheduler_file}")
                 return Client(scheduler_file=scheduler_file, timeout=timeout)
             return Client(scheduler_address, timeout=timeout)
         except (OSError, TimeoutError) as exc:

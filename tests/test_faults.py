@@ -123,3 +123,12 @@ def test_driver_killed_during_save_metadata_leaves_old_or_complete_files(tmp_pat
     ds = ImageTextPairDataset.from_webdataset(str(root))
     assert len(ds.shards) == n_shards
     assert len(ds.metadata.compute(scheduler="sync")) == n_shards * 16
+
+    # Resuming writes exactly the shards the killed run did not, and leaves the finished ones alone.
+    finished = {n: (root / n).read_bytes() for n in new}
+    summary = _scored(root, tiny_checkpoint, aesthetic_weights).save_metadata(mode="resume")
+    assert sorted(summary["skipped"]) == sorted(n.split(".")[0] for n in new)
+    assert sorted(summary["written"]) == sorted(n.split(".")[0] for n in untouched)
+    assert all((root / n).read_bytes() == data for n, data in finished.items())
+    for n in names:
+        assert pq.read_table(root / n).column("aesthetic_score").null_count < 16

@@ -123,7 +123,7 @@ def test_filters_reshards_renumbers_and_copies_bytes(img2dataset_dir, tmp_path):
     out = tmp_path / "out"
     summary = ds.to_webdataset(str(out), "keep", samples_per_shard=4, old_id_col="old_key")
 
-    assert summary == {"kept_rows": 18, "written": 18, "shards": 5, "missing": []}
+    assert summary == {"kept_rows": 18, "written": 18, "shards": 5, "skipped_shards": [], "missing": []}
     mapping, samples, metas = check_output(out, sps=4, max_shards=5)
     assert [len(m) for m in metas] == [4, 4, 4, 4, 2]
     assert set(mapping) == want_kept  # nulls in the filter column are not kept
@@ -233,7 +233,7 @@ def test_shards_filtered_to_nothing(img2dataset_dir, tmp_path):
     ds = ImageTextPairDataset.from_webdataset(str(root))
     ds.metadata["keep"] = (ds.metadata["status"] == "success") & (ds.metadata["key"].str[:5] != "00001")
     summary = ds.to_webdataset(str(tmp_path / "out"), "keep", samples_per_shard=5, old_id_col="old_key")
-    assert summary == {"kept_rows": 16, "written": 16, "shards": 4, "missing": []}
+    assert summary == {"kept_rows": 16, "written": 16, "shards": 4, "skipped_shards": [], "missing": []}
     mapping, written, metas = check_output(tmp_path / "out", 5, 5)
     assert [len(m) for m in metas] == [5, 5, 5, 1]
     assert {k[:5] for k in mapping} == {"00000", "00002"}
@@ -247,7 +247,7 @@ def test_whole_dataset_filtered_to_nothing_gives_one_empty_openable_shard(img2da
     ds.metadata["keep"] = ds.metadata["status"] == "nothing has this status"
     out = tmp_path / "out"
     summary = ds.to_webdataset(str(out), "keep", old_id_col="old_key")
-    assert summary == {"kept_rows": 0, "written": 0, "shards": 1, "missing": []}
+    assert summary == {"kept_rows": 0, "written": 0, "shards": 1, "skipped_shards": [], "missing": []}
     assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar"]
     assert tar_members(out / "00000.tar") == []
 
@@ -357,7 +357,7 @@ def test_on_a_local_cluster_matches_the_sync_result(cpu_client, tmp_path):
         on_cluster = run(tmp_path / "cluster", "dask.distributed")
     assert any("write_output_shard" in str(t["key"]) for t in ts.data), "did not run on the cluster"
     local = run(tmp_path / "sync", "sync")
-    assert on_cluster == local == {"kept_rows": 18, "written": 18, "shards": 5, "missing": []}
+    assert on_cluster == local == {"kept_rows": 18, "written": 18, "shards": 5, "skipped_shards": [], "missing": []}
 
     mapping, samples, _ = check_output(tmp_path / "cluster", 4, 5)
     for old, new in mapping.items():

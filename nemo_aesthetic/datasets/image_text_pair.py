@@ -97,23 +97,43 @@ class ImageTextPairDataset:
                    storage_options=storage_options)
 
     # ------------------------------------------------------------------ writing
-    def save_metadata(self, path: str | None = None, columns: Iterable[str] | None = None) -> None:
+    def save_metadata(self, path: str | None = None, columns: Iterable[str] | None = None,
+                      mode: str = "overwrite") -> dict:
         """Write each partition to ``<path>/<shard name>.parquet`` (default: over the input).
 
         Each file is written atomically, so a job killed mid-way leaves every file either as it
         was or complete. ``columns`` selects (and orders) the columns written.
+
+        ``mode="overwrite"`` (default) writes every shard. ``mode="resume"`` finishes an
+        interrupted save: a shard whose file already exists with every column being written is
+        skipped and its partition is not computed at all (so no image is embedded twice); the
+        others are written. Resume trusts such files to come from the same job: use it to
+        continue a run, not to mix runs of different settings.
+
+        Returns ``{"written": [shard names], "skipped": [shard names]}``.
         """
+        if mode not in ("overwrite", "resume"):
+            raise ValueError(f"mode must be 'overwrite' or 'resume', not {mode!r}")
         fs, root = self._fs_for(path)
         fs.makedirs(root, exist_ok=True)
         columns = list(columns) if columns is not None else None
+        targets = [posixpath.join(root, f"{shard.name}.parquet") for shard in self.shards]
+        wanted = set(columns if columns is not None else self.metadata.columns)
+        done = _complete_parquets(fs, targets, wanted) if mode == "resume" else set()
         tasks = [
-            delayed(_write_partition)(part, fs, posixpath.join(root, f"{shard.name}.parquet"), columns)
-            for part, shard in zip(self.metadata.to_delayed(), self.shards)
+            delayed(_write_partition)(part, fs, target, columns)
+            for part, target in zip(self.metadata.to_delayed(), targets) if target not in done
         ]
         dask.compute(*tasks)
+        written = [s.name for s, t in zip(self.shards, targets) if t not in done]
+        skipped = [s.name for s, t in zip(self.shards, targets) if t in done]
+        if skipped:
+            logger.info("save_metadata(mode='resume'): %d shard(s) already complete, %d written",
+                        len(skipped), len(written))
+        return {"written": written, "skipped": skipped}
 
     def to_webdataset(self, path: str, filter_column: str, samples_per_shard: int = 10000,
-                      max_shards: int = 5, old_id_col: str | None = None) -> dict:
+                      max_shards: int = 5, old_id_col: str | None = None, mode: str = "error") -> dict:
         """Write the rows whose ``filter_column`` is True as a new, resharded WebDataset.
 
         Output shards ``{i:0{max_shards}d}.tar`` + ``.parquet`` hold ``samples_per_shard``
@@ -127,8 +147,17 @@ class ImageTextPairDataset:
         WebDataset sample: it is left out, logged, and listed in the returned summary. A
         dataset filtered down to nothing gives one empty shard, so the output still opens.
 
-        Returns ``{"kept_rows", "written", "shards", "missing": [(shard, id), ...]}``.
+        ``mode`` says what to do when ``path`` already holds shards: ``"error"`` (default)
+        refuses, so two runs never mix silently; ``"overwrite"`` deletes the old shards first;
+        ``"resume"`` keeps every output shard whose tar and Parquet both exist (each is written
+        atomically, the Parquet last) and writes the rest: the plan of output shards depends only
+        on the kept rows, so re-running the same filter continues an interrupted run.
+
+        Returns ``{"kept_rows", "written", "shards", "skipped_shards", "missing": [(shard, id), ...]}``
+        (``written`` counts samples written by this call).
         """
+        if mode not in ("error", "overwrite", "resume"):
+            raise ValueError(f"mode must be 'error', 'overwrite' or 'resume', not {mode!r}")
         if samples_per_shard < 1:
             raise ValueError("samples_per_shard must be >= 1")
         if filter_column not in self.metadata.columns:
@@ -138,6 +167,14 @@ class ImageTextPairDataset:
         if fs_out.protocol == fs_in.protocol and out_root.rstrip("/") == in_root.rstrip("/"):
             raise ValueError("to_webdataset cannot write over its own input; choose another path")
         fs_out.makedirs(out_root, exist_ok=True)
+        existing = discover_shards(fs_out, out_root)
+        if existing and mode == "error":
+            raise FileExistsError(
+                f"{path} already holds {len(existing)} shard(s); pass mode='overwrite' to replace them "
+                "or mode='resume' to finish an interrupted run")
+        if existing and mode == "overwrite":
+            fs_out.rm([p for s in existing for p in (s.tar, s.parquet, s.stats) if p])
+        finished = {s.name for s in existing if s.tar and s.parquet} if mode == "resume" else set()
 
         # Filter inside each partition: dask's optimizer turns ``df[s.astype(bool)]`` into the mask
         # itself (a Series, not the rows; dask/dask#12172), and a partition-wise filter keeps
@@ -151,12 +188,14 @@ class ImageTextPairDataset:
         parts = kept.to_delayed()
         tasks = []
         for j, slices in enumerate(plan):
+            if f"{j:0{max_shards}d}" in finished:
+                continue
             tasks.append(delayed(_write_output_shard)(
                 fs_in, [self.shards[i] for i, _, _ in slices], slices, [parts[i] for i, _, _ in slices],
                 fs_out, out_root, f"{j:0{max_shards}d}", j * 10 ** math.ceil(math.log10(samples_per_shard)),
                 id_width, self.id_col, old_id_col,
             ))
-        if not tasks:  # filtered down to nothing: one empty shard keeps the output readable
+        if not plan and not finished:  # filtered down to nothing: one empty shard keeps the output readable
             tasks.append(delayed(_write_output_shard)(
                 fs_in, [], [], [], fs_out, out_root, f"{0:0{max_shards}d}", 0, id_width, self.id_col,
                 old_id_col, empty_meta=kept._meta))
@@ -168,7 +207,8 @@ class ImageTextPairDataset:
         return {
             "kept_rows": sum(counts),
             "written": sum(r["written"] for r in results),
-            "shards": len(results),
+            "shards": max(len(plan), 1),
+            "skipped_shards": sorted(finished),
             "missing": missing,
         }
 
@@ -216,6 +256,21 @@ def _read_shard_metadata(shard: Shard, fs, id_col: str):
         raise ValueError(f"{shard.parquet}: duplicate ids in column {id_col!r}: {shown}"
                          f"{' ...' if len(dupes) > 5 else ''}")
     return df
+
+
+def _complete_parquets(fs, paths: list[str], columns: set) -> set:
+    """The paths that exist as readable Parquet holding every one of ``columns`` (footers only)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def complete(path):
+        try:
+            with fs.open(path, "rb") as f:
+                return columns <= set(pq.read_schema(f).names)
+        except Exception:  # missing, unreadable, or not Parquet at all: not complete
+            return False
+
+    with ThreadPoolExecutor(16) as pool:
+        return {p for p, ok in zip(paths, pool.map(complete, paths)) if ok}
 
 
 def _write_partition(df, fs, path: str, columns: list | None) -> int:
@@ -268,9 +323,12 @@ def _write_output_shard(fs_in, in_shards, slices, parts, fs_out, out_root, name,
                         pos = index.position(sample.key)
                         if pos is None or not sample.complete:  # a cut-off sample is not copied
                             continue
-                        if pos not in new_ids:  # a key seen again later keeps its new id
-                            new_ids[pos] = f"{id_base + next_index:0{id_width}d}"
-                            next_index += 1
+                        if pos in new_ids:  # the key again, further on: one row, one sample
+                            logger.warning("to_webdataset: key %s appears twice in %s; only its first "
+                                           "sample is written", sample.key, shard.tar)
+                            continue
+                        new_ids[pos] = f"{id_base + next_index:0{id_width}d}"
+                        next_index += 1
                         writer.write(new_ids[pos], sample)
                 except ShardReadError as exc:
                     logger.warning("to_webdataset: %s; its remaining kept rows are not written", exc)
