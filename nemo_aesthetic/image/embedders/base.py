@@ -80,8 +80,9 @@ class ImageEmbedder(ABC):
         """The model, in eval mode on ``device``: ``(n, 3, H, W)`` float -> ``(n, d)``."""
 
     @abstractmethod
-    def load_preprocessor(self, model) -> Callable[[bytes], object]:
-        """bytes -> ``(3, H, W)`` tensor; raises ImageDecodeError with a per-row reason."""
+    def load_preprocessor(self, model, device: str) -> Callable[[bytes], object]:
+        """bytes -> ``(3, H, W)`` tensor (on the host or ``device``); raises ImageDecodeError
+        with a per-row reason. Called from ``num_threads_per_worker`` threads at once."""
 
     @abstractmethod
     def model_cache_key(self, device: str) -> str:
@@ -112,7 +113,7 @@ class ImageEmbedder(ABC):
     # ----------------------------------------------------------- on the worker
     def _load(self, device: str):
         model = self.load_embedding_model(device)
-        return model, self.load_preprocessor(model)
+        return model, self.load_preprocessor(model, device)
 
     def _embed_partition(self, df, shard, id_col: str, storage_options: dict):
         shard_name, tar_path = shard.name, shard.tar
@@ -161,12 +162,33 @@ def _img2dataset_statuses(df) -> list | None:
 
 
 def _make_forward(model, scorers, device: str, normalize: bool, autocast: bool):
+    """batch -> (embeddings, {column: scores}) as host arrays.
+
+    On CUDA: host batches are pinned so the copy is asynchronous, the model runs under bf16
+    autocast (if asked), and a batch that runs out of GPU memory is split in halves and retried
+    (logged), down to single images, instead of failing the shard.
+    """
     import torch
 
     use_autocast = autocast and device.startswith("cuda")
 
     def forward(batch):
+        try:
+            return _forward_once(batch)
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            half = len(batch) // 2
+            logger.warning("out of GPU memory on a batch of %d; retrying as %d + %d", len(batch), half,
+                           len(batch) - half)
+            torch.cuda.empty_cache()
+            (e1, s1), (e2, s2) = forward(batch[:half]), forward(batch[half:])
+            return np.concatenate([e1, e2]), {k: np.concatenate([s1[k], s2[k]]) for k in s1}
+
+    def _forward_once(batch):
         with torch.inference_mode():
+            if batch.device.type == "cpu" and device.startswith("cuda"):
+                batch = batch.pin_memory()
             x = batch.to(device, non_blocking=True)
             if use_autocast:
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16):

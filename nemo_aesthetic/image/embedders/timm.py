@@ -12,6 +12,7 @@ from typing import Iterable
 
 from nemo_aesthetic.image.embedders.base import ImageEmbedder
 from nemo_aesthetic.image.preprocess import DEFAULT_MAX_PIXELS, cpu_transform, make_preprocessor
+from nemo_aesthetic.image.tensor_preprocess import make_tensor_preprocessor
 
 
 class TimmImageEmbedder(ImageEmbedder):
@@ -32,6 +33,11 @@ class TimmImageEmbedder(ImageEmbedder):
         cache_dir: timm/Hugging Face cache directory for hub weights.
         device: "cuda", "cpu", ... (default: cuda if the worker has a GPU, else cpu).
         max_pixels: images with more pixels are refused with a per-row reason.
+        decode: "pil" decodes and preprocesses with PIL + timm's transform (the reference path,
+            the default on CPU); "tensor" decodes JPEGs with torchvision (nvJPEG on CUDA) and
+            applies timm's transforms to tensors on the device (the default on CUDA; other
+            formats fall back to PIL per image); "auto" picks by device.
+        compile: ``torch.compile`` the model (worth it for long GPU jobs; first batch is slow).
     """
 
     def __init__(self, model_name: str, pretrained: bool = False, batch_size: int = 1,
@@ -39,7 +45,7 @@ class TimmImageEmbedder(ImageEmbedder):
                  normalize_embeddings: bool = True, classifiers: Iterable = (), autocast: bool = True,
                  use_index_files: bool = False, checkpoint_path: str | None = None,
                  model_kwargs: dict | None = None, cache_dir: str | None = None, device: str | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, decode: str = "auto", compile: bool = False):
         super().__init__(model_name, image_embedding_column=image_embedding_column, classifiers=classifiers,
                          batch_size=batch_size, num_threads_per_worker=num_threads_per_worker,
                          normalize_embeddings=normalize_embeddings, autocast=autocast, device=device,
@@ -49,6 +55,10 @@ class TimmImageEmbedder(ImageEmbedder):
         self.checkpoint_path = checkpoint_path
         self.model_kwargs = dict(model_kwargs or {})
         self.cache_dir = cache_dir
+        if decode not in ("auto", "pil", "tensor"):
+            raise ValueError(f"decode must be 'auto', 'pil' or 'tensor', not {decode!r}")
+        self.decode = decode
+        self.compile = compile
         self._embedding_dim = self._probe_embedding_dim()
 
     def _probe_embedding_dim(self) -> int:
@@ -76,12 +86,26 @@ class TimmImageEmbedder(ImageEmbedder):
             kwargs["cache_dir"] = self.cache_dir
         model = timm.create_model(self.model_name, pretrained=self.pretrained,
                                   checkpoint_path=self.checkpoint_path or None, **kwargs)
-        return model.eval().to(device)
+        model = model.eval().to(device)
+        if self.compile:
+            import torch
 
-    def load_preprocessor(self, model):
+            model = torch.compile(model)
+        return model
+
+    def decode_mode(self, device: str) -> str:
+        """"tensor" (torchvision decode + transforms on the device) or "pil" (the reference path)."""
+        if self.decode != "auto":
+            return self.decode
+        return "tensor" if device.startswith("cuda") else "pil"
+
+    def load_preprocessor(self, model, device: str):
+        if self.decode_mode(device) == "tensor":
+            return make_tensor_preprocessor(model, device, self.max_pixels)
         return make_preprocessor(cpu_transform(model), self.max_pixels)
 
     def model_cache_key(self, device: str) -> str:
         spec = json.dumps([self.model_name, self.pretrained, self.checkpoint_path, self.model_kwargs,
-                           self.cache_dir, self.max_pixels, device], sort_keys=True, default=str)
+                           self.cache_dir, self.max_pixels, self.decode, self.compile, device],
+                          sort_keys=True, default=str)
         return "timm-embedder-" + hashlib.sha1(spec.encode()).hexdigest()
