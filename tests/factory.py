@@ -80,3 +80,27 @@ def tar_members(path) -> list[tuple[str, bytes]]:
     """``(name, bytes)`` of every file member of a tar, in order."""
     with tarfile.open(path) as tar:
         return [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+
+
+#: Where timm's hub loading looks for the OpenAI CLIP ViT-L/14 weights (the pretrained cfg's hf_hub_id).
+CLIP_HUB_REPO = "timm/vit_large_patch14_clip_224.openai"
+
+
+def populate_hf_cache(hub_dir, state_dict: dict, repo_id: str = CLIP_HUB_REPO, commit: str = "0" * 40) -> str:
+    """Lay out ``state_dict`` in a Hugging Face hub cache exactly as a download would leave it.
+
+    ``hub_dir`` is the cache directory (``$HF_HOME/hub``, or the ``cache_dir=`` handed to timm);
+    with ``HF_HUB_OFFLINE=1`` timm's own ``pretrained=True`` loading then finds the weights there.
+    Returns the path of the weights file.
+    """
+    from safetensors.torch import save_file
+
+    repo = os.path.join(str(hub_dir), "models--" + repo_id.replace("/", "--"))
+    snapshot = os.path.join(repo, "snapshots", commit)
+    os.makedirs(snapshot, exist_ok=True)
+    os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(commit)
+    path = os.path.join(snapshot, "model.safetensors")
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, path)
+    return path
