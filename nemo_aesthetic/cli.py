@@ -1,8 +1,9 @@
-"""The ``nemo-aesthetic`` command: ``demo``, ``score`` and ``filter``.
+"""The ``nemo-aesthetic`` command: ``demo``, ``score``, ``filter`` and ``report``.
 
     nemo-aesthetic demo                       build a sample dataset, score it, print a ranked table
     nemo-aesthetic score PATH                 embed + score an img2dataset/WebDataset directory
     nemo-aesthetic filter PATH --threshold T --out DIR   keep rows with aesthetic_score >= T
+    nemo-aesthetic report PATH --out report.html        HTML report: histogram, best/worst images, errors
 
 Errors a user can fix (a wrong path, a missing weights file, a bad option) are printed as a
 message on stderr with exit code 2 and no traceback. Per-shard progress comes from the
@@ -25,6 +26,7 @@ import time
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from nemo_aesthetic.report import reason_group  # the error grouping, shared with the HTML report
 from nemo_aesthetic.weights import WeightsUnavailableError
 
 logger = logging.getLogger("nemo_aesthetic.cli")
@@ -180,6 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
     filt.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
     filt.add_argument("-q", "--quiet", action="store_true", help="no log lines and no progress bar")
     filt.set_defaults(func=cmd_filter)
+
+    rep = sub.add_parser(
+        "report", help="write an HTML report of a scored dataset: histogram, best/worst images, errors",
+        description="Write one self-contained HTML file (images and chart embedded, no network needed to view "
+                    "it) about PATH's scores: rows, scored, errors and score quantiles; a histogram with the "
+                    "threshold marked; the top-N, bottom-N and around-the-threshold images with captions and "
+                    "scores; the errors grouped by reason. The histogram is also written as a PNG next to the "
+                    "HTML (report.html -> report.png). PATH's metadata must have aesthetic_score (run 'score' "
+                    "first); only the images shown are read from the tars.")
+    rep.add_argument("path", metavar="PATH", help="scored dataset directory (tars + Parquet with aesthetic_score)")
+    rep.add_argument("--out", metavar="FILE", default="report.html",
+                     help="the HTML file to write (default: ./report.html; the PNG goes beside it)")
+    rep.add_argument("--threshold", metavar="T", type=float, default=None,
+                     help="the score to mark, as 'filter --threshold T' would keep >= T (default: the median score)")
+    rep.add_argument("--top", metavar="N", type=_positive_int, default=20,
+                     help="images in each grid: top N, bottom N, N around the threshold (default: 20)")
+    rep.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
+    rep.add_argument("-q", "--quiet", action="store_true", help="no log lines")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 
@@ -621,15 +642,6 @@ def _read_results(fs, root: str, shards, columns: list[str]):
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["shard", *columns])
 
 
-_SHARD_TAR = re.compile(r"\b[\w.-]+\.(tar|tar\.gz|tgz)\b")
-
-
-def reason_group(reason: str) -> str:
-    """A short group for an error reason: its text before the first ':' or '(' (shard names blanked)."""
-    head = re.split(r"[:(]", reason, maxsplit=1)[0].strip()
-    return _SHARD_TAR.sub("<shard>.tar", head) or reason[:40]
-
-
 def _shorten(text, width: int) -> str:
     text = "" if text is None or text != text else str(text)
     text = " ".join(text.split())
@@ -736,6 +748,28 @@ def cmd_filter(args) -> int:
         print(f"  {len(result['missing'])} kept row(s) had no image in their tar and were not written, "
               f"e.g. {result['missing'][:3]}")
     print(f"wrote {result['written']} samples in {result['shards']} shard(s) to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- report
+def cmd_report(args) -> int:
+    _check_dataset_path(args.path)
+    if args.threshold is not None and args.threshold != args.threshold:
+        raise UsageError("--threshold must be a number, not nan")
+    from nemo_aesthetic import report
+
+    if os.path.isdir(args.out):
+        raise UsageError(f"--out is a directory, expected a file name such as report.html: {args.out}")
+    if args.out.lower().endswith(".png"):
+        raise UsageError(f"--out is the HTML file (its histogram goes beside it as .png): {args.out}")
+    s = report.write_report(args.path, args.out, threshold=args.threshold, top=args.top, id_col=args.id_col)
+    print(f"rows: {s['rows']}   scored: {s['scored']}   errors: {s['errors']}")
+    if s["threshold"] is not None:
+        how = "the median score; pass --threshold to choose" if s["threshold_is_median"] else "given"
+        print(f"threshold: {s['threshold']:.3f} ({how}): {s['passing']} of {s['scored']} scored rows >= it")
+    if s["missing_images"]:
+        print(f"  {s['missing_images']} image(s) could not be read from the tars and show as a grey box")
+    print(f"report written to {s['html']} (histogram also in {s['png']})")
     return 0
 
 
