@@ -167,7 +167,8 @@ class ImageTextPairDataset:
         if fs_out.protocol == fs_in.protocol and out_root.rstrip("/") == in_root.rstrip("/"):
             raise ValueError("to_webdataset cannot write over its own input; choose another path")
         fs_out.makedirs(out_root, exist_ok=True)
-        existing = discover_shards(fs_out, out_root)
+        # (On object stores a "directory" exists only once it holds objects.)
+        existing = discover_shards(fs_out, out_root) if fs_out.isdir(out_root) else []
         if existing and mode == "error":
             raise FileExistsError(
                 f"{path} already holds {len(existing)} shard(s); pass mode='overwrite' to replace them "
@@ -191,13 +192,13 @@ class ImageTextPairDataset:
             if f"{j:0{max_shards}d}" in finished:
                 continue
             tasks.append(delayed(_write_output_shard)(
-                fs_in, [self.shards[i] for i, _, _ in slices], slices, [parts[i] for i, _, _ in slices],
+                fs_in, [self.shards[i] for i, _, _ in slices], slices, [parts[i] for i, _, _ in slices], counts,
                 fs_out, out_root, f"{j:0{max_shards}d}", j * 10 ** math.ceil(math.log10(samples_per_shard)),
                 id_width, self.id_col, old_id_col,
             ))
         if not plan and not finished:  # filtered down to nothing: one empty shard keeps the output readable
             tasks.append(delayed(_write_output_shard)(
-                fs_in, [], [], [], fs_out, out_root, f"{0:0{max_shards}d}", 0, id_width, self.id_col,
+                fs_in, [], [], [], counts, fs_out, out_root, f"{0:0{max_shards}d}", 0, id_width, self.id_col,
                 old_id_col, empty_meta=kept._meta))
         results = dask.compute(*tasks)
         missing = [m for r in results for m in r["missing"]]
@@ -290,7 +291,8 @@ def _keep_rows(df, filter_column: str):
 def _plan_output_shards(counts: list[int], samples_per_shard: int) -> list[list[tuple[int, int, int]]]:
     """Cut the kept rows (``counts[i]`` in partition i) into output shards of fixed size.
 
-    Returns, per output shard, the ``(partition, start, stop)`` row slices it takes.
+    Returns, per output shard, the ``(partition, start, stop)`` slices it takes: kept samples
+    ``start..stop-1`` of partition i's tar, in tar order.
     """
     plan, current, room = [], [], samples_per_shard
     for part, count in enumerate(counts):
@@ -308,14 +310,25 @@ def _plan_output_shards(counts: list[int], samples_per_shard: int) -> list[list[
     return plan
 
 
-def _write_output_shard(fs_in, in_shards, slices, parts, fs_out, out_root, name, id_base, id_width,
+def _write_output_shard(fs_in, in_shards, slices, parts, counts, fs_out, out_root, name, id_base, id_width,
                         id_col, old_id_col, empty_meta=None) -> dict:
+    """Write output shard ``name``: for each ``(partition, start, stop)`` slice, the kept samples
+    number ``start..stop-1`` of that partition's tar, counted in the tar's own order.
+
+    Counting in tar order lets a slice stop reading its tar as soon as it has its samples, so an
+    input tar split over two output shards is read once and a half, not twice. Every task that
+    reads a tar counts the same way (first complete sample of each kept key), so slices never
+    overlap. The task holding a tar's last slice reads to its end and reports the kept rows that
+    had no sample there.
+    """
     written_rows, missing = [], []
     next_index = 0
     with TarShardWriter(fs_out, posixpath.join(out_root, f"{name}.tar")) as writer:
-        for shard, (_, start, stop), part in zip(in_shards, slices, parts):
-            rows = part.iloc[start:stop]
-            index = KeyIndex(frames.column_values(rows[id_col]))
+        for shard, (part_no, start, stop), part in zip(in_shards, slices, parts):
+            ids = frames.column_values(part[id_col])
+            index = KeyIndex(ids)
+            last_slice = stop == counts[part_no]
+            counted: set[int] = set()
             new_ids: dict[int, str] = {}
             if shard.tar is not None:
                 try:
@@ -323,23 +336,30 @@ def _write_output_shard(fs_in, in_shards, slices, parts, fs_out, out_root, name,
                         pos = index.position(sample.key)
                         if pos is None or not sample.complete:  # a cut-off sample is not copied
                             continue
-                        if pos in new_ids:  # the key again, further on: one row, one sample
-                            logger.warning("to_webdataset: key %s appears twice in %s; only its first "
-                                           "sample is written", sample.key, shard.tar)
+                        if pos in counted:  # the key again, further on: one row, one sample
+                            if last_slice:
+                                logger.warning("to_webdataset: key %s appears twice in %s; only its first "
+                                               "sample is written", sample.key, shard.tar)
                             continue
-                        new_ids[pos] = f"{id_base + next_index:0{id_width}d}"
-                        next_index += 1
-                        writer.write(new_ids[pos], sample)
+                        rank = len(counted)
+                        counted.add(pos)
+                        if start <= rank < stop:
+                            new_ids[pos] = f"{id_base + next_index:0{id_width}d}"
+                            next_index += 1
+                            writer.write(new_ids[pos], sample)
+                        if rank + 1 >= stop and not last_slice:
+                            break  # this slice is complete; later samples belong to later shards
                 except ShardReadError as exc:
-                    logger.warning("to_webdataset: %s; its remaining kept rows are not written", exc)
+                    if last_slice:
+                        logger.warning("to_webdataset: %s; its remaining kept rows are not written", exc)
             positions = sorted(new_ids, key=new_ids.get)
-            out = rows.iloc[positions].copy()
+            out = part.iloc[positions].copy()
             if old_id_col:
                 out[old_id_col] = out[id_col]
             out[id_col] = [new_ids[p] for p in positions]
             written_rows.append(out)
-            missing += [(shard.name, k) for p, k in enumerate(frames.column_values(rows[id_col]))
-                        if p not in new_ids]
+            if last_slice:
+                missing += [(shard.name, k) for p, k in enumerate(ids) if p not in counted]
     if written_rows:
         frame = frames.concat(written_rows)
     else:
