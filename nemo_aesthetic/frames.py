@@ -32,6 +32,16 @@ def _arrow_types_mapper(arrow_type: pa.DataType):
     # Lists stay Arrow-backed so an embedding column is one buffer, not n numpy objects.
     if pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
         return pd.ArrowDtype(arrow_type)
+    # Types pandas would hold as ``object``: dask takes object columns for strings and converts
+    # them, so a bool column with a null became "True"/"False" strings (both truthy as a filter)
+    # and a binary column failed to decode as UTF-8.
+    if pa.types.is_boolean(arrow_type):
+        return pd.BooleanDtype()
+    if (pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type)
+            or pa.types.is_fixed_size_binary(arrow_type) or pa.types.is_date(arrow_type)
+            or pa.types.is_time(arrow_type) or pa.types.is_decimal(arrow_type)
+            or pa.types.is_struct(arrow_type) or pa.types.is_map(arrow_type)):
+        return pd.ArrowDtype(arrow_type)
     return None
 
 

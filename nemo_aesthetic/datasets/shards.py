@@ -60,10 +60,12 @@ class KeyIndex:
 
     Keys in tars are strings; id columns may be strings (img2dataset's zero-padded keys) or
     integers. Integer ids match the integer value of the key (``"000000042"`` -> 42). Null ids
-    match nothing.
+    match nothing. Whole floats count as integers: an integer column with a null comes out of a
+    Parquet without pandas metadata as float64 (42.0, NaN).
     """
 
     def __init__(self, ids: list):
+        ids = [int(i) if isinstance(i, float) and i.is_integer() else i for i in ids]
         present = [i for i in ids if i is not None and i == i]
         self.integer = bool(present) and all(isinstance(i, int) and not isinstance(i, bool) for i in present)
         self.positions = {i: pos for pos, i in enumerate(ids) if i is not None and i == i}
@@ -114,7 +116,7 @@ def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | N
     """
     current: Sample | None = None
     try:
-        with fs.open(tar_path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+        with fs.open(tar_path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*", tarinfo=_StrictTarInfo) as tar:
             for info in tar:
                 if not info.isfile():
                     continue
@@ -138,6 +140,23 @@ def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | N
         raise ShardReadError(f"cannot read {posixpath.basename(tar_path)}: {type(exc).__name__}: {exc}") from exc
     if current is not None:
         yield current
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """Makes a cut-off or garbled member header an error wherever it is.
+
+    ``tarfile`` raises for a bad header only at offset 0; later, a truncated or invalid header
+    silently ends the archive, so a tar cut inside a header block (or overwritten in the middle)
+    would read as a shorter, healthy tar. A clean end (a zero block, or EOF at a block boundary,
+    which GNU tar and webdataset also accept) still ends it.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tarfile_):
+        try:
+            return super().fromtarfile(tarfile_)
+        except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as exc:
+            raise tarfile.SubsequentHeaderError(f"{exc} at offset {tarfile_.offset}") from None
 
 
 class TarShardWriter:

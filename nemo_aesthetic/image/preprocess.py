@@ -82,11 +82,52 @@ def cpu_transform(model) -> Callable:
 def make_preprocessor(transform: Callable, max_pixels: int = DEFAULT_MAX_PIXELS) -> Callable[[bytes], object]:
     """bytes -> tensor, for a thread pool; raises :class:`ImageDecodeError` with the reason."""
 
+    check_resize = resize_guard(transform, max_pixels)
+
     def preprocess(data: bytes):
         image = decode_image(data, max_pixels)
+        check_resize(*image.size)
         try:
             return transform(image)
         except Exception as exc:  # e.g. a 1x1 image that a resize cannot handle
             raise ImageDecodeError(f"preprocessing failed: {type(exc).__name__}: {exc}") from None
 
     return preprocess
+
+
+def resize_guard(transform, max_pixels: int = DEFAULT_MAX_PIXELS) -> Callable[[int, int], None]:
+    """``check(width, height)``: raises :class:`ImageDecodeError` when the transform's resize alone
+    would make more than ``max(max_pixels, DEFAULT_MAX_PIXELS)`` pixels.
+
+    An aspect-preserving resize of the short side to 224 turns a 10000x1 image (a few hundred
+    bytes) into 224x2240000 before the centre crop: 1.5 GB and seconds of CPU, and 65535x1 would
+    take 10 GB and kill the worker with the whole shard. Such images get a per-row reason instead.
+    """
+    short_side = _short_side_resize(transform)
+    limit = max(max_pixels, DEFAULT_MAX_PIXELS)  # a lower max_pixels must not refuse every resize
+
+    def check(width: int, height: int) -> None:
+        if short_side is None:
+            return
+        resized = short_side * short_side * max(width, height) // max(1, min(width, height))
+        if resized > limit:
+            raise ImageDecodeError(f"image too large to resize: {width}x{height} would become "
+                                   f"{resized} pixels at short side {short_side} > limit {limit}")
+
+    return check
+
+
+def _short_side_resize(transform) -> int | None:
+    """The short side the transform's first resize scales to, if it keeps the aspect ratio and
+    does not cap the long side (then an extreme aspect ratio makes a huge intermediate image)."""
+    for step in getattr(transform, "transforms", ()):
+        if type(step).__name__ == "Resize":
+            size = step.size
+            if getattr(step, "max_size", None) is not None:
+                return None
+            if isinstance(size, int):
+                return size
+            if isinstance(size, (list, tuple)) and len(size) == 1:
+                return int(size[0])
+            return None
+    return None

@@ -24,6 +24,7 @@ from nemo_aesthetic.image.preprocess import (
     ImageDecodeError,
     cpu_transform,
     decode_image,
+    resize_guard,
 )
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -81,6 +82,7 @@ def make_tensor_preprocessor(model, device: str, max_pixels: int = DEFAULT_MAX_P
     from torchvision.io import ImageReadMode, decode_jpeg
 
     transform = tensor_transform(model)
+    check_resize = resize_guard(cpu_transform(model), max_pixels)
     # nvJPEG handles are per device; serialise GPU decodes across the decode threads.
     gpu_lock = threading.Lock() if str(device).startswith("cuda") else None
 
@@ -102,6 +104,7 @@ def make_tensor_preprocessor(model, device: str, max_pixels: int = DEFAULT_MAX_P
                 image = None  # e.g. a truncated JPEG: PIL gives the reason
         if image is None:
             image = via_pil(data)
+        check_resize(image.shape[-1], image.shape[-2])
         try:
             with torch.inference_mode():
                 return transform(image)
