@@ -461,8 +461,8 @@ def test_tar_cut_exactly_at_a_member_boundary(tmp_path, embed):
 
 @pytest.mark.parametrize("content", ["random", "html", "zero_bytes"])
 def test_tar_that_is_not_a_tar_flags_all_its_rows(tmp_path, embed, content):
-    """Every row of the shard gets the tar's error, the failed download's row included (the tar
-    error is reported first: the shard's images could not be looked at)."""
+    """Every row of the shard gets the tar's error, except the failed download's row, which keeps
+    img2dataset's own reason: it never had an image, whatever the tar's state."""
     root = tmp_path / "ds"
     os.makedirs(root)
     write_tar(root / "00000.tar", sample_members("a", image_bytes(1)))
@@ -473,7 +473,7 @@ def test_tar_that_is_not_a_tar_flags_all_its_rows(tmp_path, embed, content):
     write_parquet(root / "00001.parquet", [row("00001", "b"), row("00001", "c"),
                                            row("00001", "d", "failed_to_download")])
     expect = {"00000/a": None, "00001/b": "cannot read 00001.tar", "00001/c": "cannot read 00001.tar",
-              "00001/d": "cannot read 00001.tar"}
+              "00001/d": "img2dataset status failed_to_download"}
     check_rows(embed(root), expect)
 
 

@@ -291,10 +291,11 @@ class _ShardRun:
         for pos in np.flatnonzero(~self.valid):
             if self.errors[pos] is not None:
                 continue
-            if self.tar_error is not None:
-                self.errors[pos] = self.tar_error
-            elif statuses is not None and statuses[pos][0] not in (None, "success"):
+            # img2dataset's own word comes first: such a row never had an image, whatever the tar's state.
+            if statuses is not None and statuses[pos][0] not in (None, "success"):
                 status, message = statuses[pos]
                 self.errors[pos] = f"no image: img2dataset status {status}" + (f" ({message})" if message else "")
+            elif self.tar_error is not None:
+                self.errors[pos] = self.tar_error
             else:
                 self.errors[pos] = f"no sample for this key in {tar_name}"
