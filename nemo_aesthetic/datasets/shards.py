@@ -23,7 +23,6 @@ import tarfile
 from typing import Iterator
 
 import fsspec
-from webdataset.tariterators import base_plus_ext
 
 from nemo_aesthetic.atomic import atomic_open, is_local, is_temporary
 
@@ -114,6 +113,9 @@ def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | N
     Raises :class:`ShardReadError` (after yielding what could be read) on a broken tar; the
     sample that was being read then is yielded with ``complete=False``.
     """
+    # Imported here: webdataset imports torch, which the client-side reading of metadata never needs.
+    from webdataset.tariterators import base_plus_ext
+
     current: Sample | None = None
     try:
         with fs.open(tar_path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*", tarinfo=_StrictTarInfo) as tar:
