@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from factory import TINY_KWARGS, TINY_MODEL, write_img2dataset
+import torch
+from factory import TINY_KWARGS, TINY_MODEL, populate_hf_cache, write_img2dataset
 
 from nemo_aesthetic import cli
 
@@ -133,13 +134,9 @@ def test_demo_offline_without_weights_names_every_file(tmp_path, hf_home):
 
 def test_clip_weights_found_in_the_hugging_face_cache(tmp_path):
     cache = tmp_path / "hub"
-    snapshot = cache / CLIP_REPO_DIR / "snapshots" / "0123abcd"
-    snapshot.mkdir(parents=True)
-    (snapshot / "model.safetensors").write_bytes(b"not really weights")
-    (cache / CLIP_REPO_DIR / "refs").mkdir()
-    (cache / CLIP_REPO_DIR / "refs" / "main").write_text("0123abcd")
+    weights = populate_hf_cache(cache, {"w": torch.zeros(1)})  # the check only looks for the file
     found = cli.check_clip_weights(cli.DEFAULT_MODEL, cache_dir=str(cache))
-    assert found == str(snapshot / "model.safetensors")
+    assert found == weights
     with pytest.raises(cli.WeightsUnavailableError, match="offline mode"):
         cli.check_clip_weights(cli.DEFAULT_MODEL, cache_dir=str(tmp_path / "empty"))
     with pytest.raises(cli.UsageError, match="Invalid pretrained tag"):
@@ -223,13 +220,7 @@ def test_score_with_a_local_checkpoint_writes_metadata_and_summary(tmp_path, tin
 def test_score_pretrained_weights_from_the_offline_hugging_face_cache(tmp_path, hf_home, tiny_state_dict,
                                                                       tiny_checkpoint, aesthetic_weights):
     """The real model's path (pretrained=True, HF cache, HF_HUB_OFFLINE=1), with tiny weights in the cache."""
-    from safetensors.torch import save_file
-
-    snapshot = hf_home / "hub" / CLIP_REPO_DIR / "snapshots" / "0123abcd"
-    snapshot.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in tiny_state_dict.items()}, str(snapshot / "model.safetensors"))
-    (hf_home / "hub" / CLIP_REPO_DIR / "refs").mkdir()
-    (hf_home / "hub" / CLIP_REPO_DIR / "refs" / "main").write_text("0123abcd")
+    populate_hf_cache(hf_home / "hub", tiny_state_dict)
     data = tmp_path / "ds"
     write_img2dataset(data, n_shards=1, rows_per_shard=4, fail_every=4)
     reference = _expected_scores(data, tiny_checkpoint, aesthetic_weights)

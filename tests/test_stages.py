@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from factory import TINY_KWARGS, TINY_MODEL, add_member, image_bytes, tar_members, write_img2dataset
+from factory import TINY_KWARGS, TINY_MODEL, add_member, image_bytes, populate_hf_cache, tar_members, write_img2dataset
 from test_nsfw import write_nsfw_weights
 
 HUB_ID = "timm/vit_large_patch14_clip_224.openai"  # hf_hub_id of vit_large_patch14_clip_quickgelu_224.openai
@@ -26,17 +26,12 @@ EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
 def model_dir(tmp_path_factory, aesthetic_weights):
     """A model_dir as a user would have it: a pre-populated HF cache holding a tiny CLIP
     checkpoint, the real aesthetic weights, and NSFW weights (random, in the upstream format)."""
-    import safetensors.torch
     import timm
 
     d = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    state = {k: v.contiguous() for k, v in timm.create_model(TINY_MODEL, **TINY_KWARGS).state_dict().items()}
-    repo = d / ("models--" + HUB_ID.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    (repo / "snapshots" / COMMIT).mkdir(parents=True)
-    safetensors.torch.save_file(state, str(repo / "snapshots" / COMMIT / "model.safetensors"))
+    state = timm.create_model(TINY_MODEL, **TINY_KWARGS).state_dict()
+    populate_hf_cache(d, state, repo_id=HUB_ID, commit=COMMIT)
     torch.save(state, str(d / "tiny_clip.pth"))  # the same weights, for checkpoint_path
     shutil.copy(aesthetic_weights, d / "sac+logos+ava1-l14-linearMSE.pth")
     write_nsfw_weights(d / "clip_autokeras_binary_nsfw.pth", seed=11)
