@@ -180,10 +180,19 @@ def to_host(frame):
 
 
 def column_values(series) -> list:
-    """A column's values as a host Python list (ids, captions)."""
+    """A column's values as a host Python list (ids, captions); missing values are None.
+
+    Missing values come back as None whatever the dtype marks them with (``pd.NA`` in a
+    ``string`` column, NaN in ``str``/float ones), so callers can test ``v is None`` (``pd.NA``
+    itself cannot be tested for truth).
+    """
     if _is_cudf(series):
         return series.to_arrow().to_pylist()
-    return series.tolist()
+    values = series.tolist()
+    missing = np.asarray(series.isna(), dtype=bool)
+    if missing.any():
+        values = [None if m else v for v, m in zip(values, missing)]
+    return values
 
 
 def empty_like_with(meta, columns: dict):

@@ -96,9 +96,12 @@ class AestheticClassifier(ImageClassifier):
         if not fsspec.core.url_to_fs(path)[0].exists(path):  # a worker on another machine: resolve (and cache) it there
             path = resolve_weights(AESTHETIC_WEIGHTS, self.requested_model_path)
         w, b = fold_affine(load_upstream(path))
-        weight = torch.as_tensor(w, dtype=torch.float64, device=device)
+        # Folded in float64, applied as one float32 mat-vec: upcasting an (n, 768) batch to float64
+        # costs ~10x the product itself (memory traffic), while the float32 product of the folded
+        # vector stays within ~1e-6 of the float64 one (the upstream float32 MLP's own rounding).
+        weight = torch.as_tensor(w, dtype=torch.float32, device=device)
 
         def score(embeddings):
-            return embeddings.to(torch.float64) @ weight + b
+            return (embeddings.to(torch.float32) @ weight).to(torch.float64) + b
 
         return score
