@@ -12,6 +12,7 @@ import threading
 from collections import Counter
 from typing import Any, Callable
 
+import dask
 from distributed import Client, LocalCluster
 
 _CACHE: dict[str, Any] = {}
@@ -49,12 +50,28 @@ def get_client(cluster_type: str = "cpu", scheduler_address: str | None = None,
             where = scheduler_address or scheduler_file
             raise ConnectionError(f"cannot reach the Dask scheduler at {where}: {exc}") from exc
     if cluster_type == "cpu":
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                               processes=True, **cluster_kwargs)
+        with dask.config.set(_worker_malloc_config()):
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                                   processes=True, **cluster_kwargs)
         return Client(cluster)
     if cluster_type == "gpu":
         return Client(_local_cuda_cluster(**cluster_kwargs))
     raise ValueError(f"unknown cluster_type {cluster_type!r}: use 'cpu' or 'gpu'")
+
+
+#: glibc's mmap threshold for worker processes (64 MiB). Dask starts workers with
+#: MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's adaptive mmap threshold at 128 KiB:
+#: every image tensor and batch then becomes a fresh mmap, page-faulted in and unmapped again,
+#: which costs ~45% more CPU per image (bench/cpu_pipeline.py). A fixed, higher threshold keeps
+#: those in the heap while the trim threshold still returns freed memory to the system.
+MALLOC_MMAP_THRESHOLD = 64 * 2**20
+
+
+def _worker_malloc_config() -> dict:
+    key = "distributed.nanny.pre-spawn-environ"
+    if "MALLOC_MMAP_THRESHOLD_" in (dask.config.get(key, {}) or {}):
+        return {}  # the user chose
+    return {f"{key}.MALLOC_MMAP_THRESHOLD_": MALLOC_MMAP_THRESHOLD}
 
 
 def _local_cuda_cluster(**kwargs):
@@ -69,7 +86,8 @@ def _local_cuda_cluster(**kwargs):
     if not torch.cuda.is_available():
         raise RuntimeError("cluster_type='gpu' but no CUDA GPU is visible to PyTorch on this machine")
     kwargs.setdefault("rmm_pool_size", None)
-    return LocalCUDACluster(**kwargs)
+    with dask.config.set(_worker_malloc_config()):
+        return LocalCUDACluster(**kwargs)
 
 
 def load_object_on_worker(key: str, loader: Callable[..., Any], *args, **kwargs) -> Any:

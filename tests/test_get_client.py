@@ -97,3 +97,12 @@ def test_missing_scheduler_file_is_an_error_naming_it(tmp_path):
 def test_gpu_without_dask_cuda_names_the_gpu_extra():
     with pytest.raises(ImportError, match=r"nemo_aesthetic\[gpu\]"):
         get_client(cluster_type="gpu")
+
+
+def test_local_cluster_workers_keep_large_buffers_off_mmap(cpu_client):
+    """Workers start with a fixed glibc mmap threshold (set before the process starts), so image
+    tensors are not mmap'ed and unmapped one by one (see distributed.MALLOC_MMAP_THRESHOLD)."""
+    from nemo_aesthetic.distributed import MALLOC_MMAP_THRESHOLD
+
+    envs = cpu_client.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_"))
+    assert len(envs) == 2 and set(envs.values()) == {str(MALLOC_MMAP_THRESHOLD)}
