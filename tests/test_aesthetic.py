@@ -246,3 +246,19 @@ def tiny_checkpoint(tmp_path):
     path = tmp_path / "tiny.pth"
     torch.save(model.state_dict(), path)
     return str(path)
+
+
+def test_width_mismatch_is_refused_when_called_not_when_computed(tmp_path, aesthetic_weights):
+    """A fixed-size embedding column carries its width: a wrong model is refused before any work."""
+    import dask.dataframe as dd
+    import pandas as pd
+
+    from nemo_aesthetic import frames
+    from nemo_aesthetic.datasets import ImageTextPairDataset
+    from nemo_aesthetic.image.classifiers import AestheticClassifier
+
+    emb = frames.embeddings_to_series(np.ones((2, 512), np.float32), np.ones(2, bool), pd.RangeIndex(2))
+    ddf = dd.from_pandas(pd.DataFrame({"key": ["a", "b"], "image_embedding": emb}), npartitions=1)
+    ds = ImageTextPairDataset(str(tmp_path), ddf, [None], "key")
+    with pytest.raises(ValueError, match="768-d.*512-d"):
+        AestheticClassifier(model_path=aesthetic_weights)(ds)

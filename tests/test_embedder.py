@@ -209,9 +209,12 @@ def test_pretrained_offline_without_cache_fails_clearly(tmp_path, img2dataset_di
     root, _ = img2dataset_dir
     emb = TimmImageEmbedder("vit_large_patch14_clip_quickgelu_224.openai", pretrained=True,
                             model_kwargs=TINY_KWARGS, cache_dir=str(tmp_path / "empty_cache"))
-    # huggingface_hub's LocalEntryNotFoundError: a FileNotFoundError, raised before any row is written
-    with pytest.raises(FileNotFoundError, match="local cache"):
+    # Raised before any row is written, saying what was looked for where and what else to do.
+    with pytest.raises(RuntimeError) as info:
         run(emb, root)
+    message = str(info.value)
+    assert "timm/vit_large_patch14_clip_224.openai" in message and str(tmp_path / "empty_cache") in message
+    assert "checkpoint_path" in message and "HF_HUB_OFFLINE" in message
 
 
 def test_unknown_model_name_fails_at_construction():
@@ -436,3 +439,4 @@ def dask_sync():
     import dask
 
     return dask.config.set(scheduler="sync")
+

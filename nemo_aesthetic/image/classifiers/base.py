@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from abc import ABC, abstractmethod
 from typing import Callable
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 
 from nemo_aesthetic import frames
 from nemo_aesthetic.distributed import load_object_on_worker
@@ -53,6 +56,10 @@ class ImageClassifier(ABC):
             raise KeyError(f"{type(self).__name__}: no column {self.embedding_column!r}; "
                            f"columns: {list(dataset.metadata.columns)}")
         meta_source = dataset.metadata._meta
+        dtype = meta_source[self.embedding_column].dtype
+        if isinstance(dtype, pd.ArrowDtype) and pa.types.is_fixed_size_list(dtype.pyarrow_dtype):
+            # The width is in the column's type: a wrong model fails here, before any work.
+            self.check_embedding_dim(dtype.pyarrow_dtype.list_size, source=f"column {self.embedding_column!r}")
         meta = frames.empty_like_with(meta_source.drop(columns=[self.pred_column], errors="ignore"),
                                       {self.pred_column: "float32"})
         metadata = dataset.metadata.map_partitions(self._score_partition, meta=meta, enforce_metadata=False)
@@ -74,7 +81,9 @@ class ImageClassifier(ABC):
             step = self.batch_size if self.batch_size > 0 else len(df)
             with torch.inference_mode():
                 for start in range(0, len(df), step):
-                    chunk = torch.as_tensor(matrix[start:start + step]).to(device)
+                    with warnings.catch_warnings():  # a zero-copy Arrow buffer is read-only; we only read it
+                        warnings.simplefilter("ignore", UserWarning)
+                        chunk = torch.as_tensor(matrix[start:start + step]).to(device)
                     scores[start:start + step] = scorer(chunk).float().cpu().numpy().reshape(-1)
         out[self.pred_column] = frames.float_series(scores, valid, out.index, like=df)
         return out

@@ -84,8 +84,11 @@ class TimmImageEmbedder(ImageEmbedder):
         kwargs = dict(self.model_kwargs)
         if self.cache_dir is not None:
             kwargs["cache_dir"] = self.cache_dir
-        model = timm.create_model(self.model_name, pretrained=self.pretrained,
-                                  checkpoint_path=self.checkpoint_path or None, **kwargs)
+        try:
+            model = timm.create_model(self.model_name, pretrained=self.pretrained,
+                                      checkpoint_path=self.checkpoint_path or None, **kwargs)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise RuntimeError(self._load_failure(exc)) from exc
         model = model.eval().to(device)
         if self.compile:
             import torch
@@ -98,6 +101,20 @@ class TimmImageEmbedder(ImageEmbedder):
         if self.decode != "auto":
             return self.decode
         return "tensor" if device.startswith("cuda") else "pil"
+
+    def _load_failure(self, exc: Exception) -> str:
+        """Say which weights were looked for where, and how else to provide them."""
+        if self.checkpoint_path:
+            return f"cannot load {self.model_name!r} from checkpoint_path {self.checkpoint_path}: {exc}"
+        import timm
+
+        hub_id = (timm.models.get_pretrained_cfg(self.model_name).hf_hub_id
+                  if self.pretrained and "." in self.model_name else None)
+        where = self.cache_dir or "the Hugging Face cache ($HF_HOME/hub, default ~/.cache/huggingface/hub)"
+        return (f"cannot load {self.model_name!r} (pretrained={self.pretrained}): {type(exc).__name__}: {exc}\n"
+                f"The weights are looked up by timm on the Hugging Face hub as {hub_id or 'its default tag'}, "
+                f"cached in {where}; offline (HF_HUB_OFFLINE=1) they must already be there. "
+                "Or pass checkpoint_path= a local weights file (a timm state dict).")
 
     def load_preprocessor(self, model, device: str):
         if self.decode_mode(device) == "tensor":
