@@ -36,7 +36,7 @@ PROG = "nemo-aesthetic"
 DEFAULT_MODEL = "vit_large_patch14_clip_quickgelu_224.openai"
 #: A tiny, randomly initialised model of the same family (768-d output) for offline smoke tests.
 TINY_MODEL = "vit_large_patch14_clip_quickgelu_224"
-TINY_KWARGS = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+TINY_KWARGS = {"depth": 1, "embed_dim": 32, "num_heads": 2, "global_pool": "avg"}  # avg: sees the picture
 SCORE_COLUMN = "aesthetic_score"
 FILTER_COLUMN = "passes_aesthetic_check"
 LOCAL_CLUSTERS = ("cpu", "gpu", "sync")

@@ -55,6 +55,21 @@ def cpu_client():
     cluster.close()
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A tiny CLIP-family model (factory.TINY_MODEL / TINY_KWARGS) saved once as a state dict:
+    load it with ``checkpoint_path=`` so every process computes with the same weights."""
+    import timm
+    import torch
+    from factory import TINY_KWARGS, TINY_MODEL
+
+    torch.manual_seed(1234)
+    model = timm.create_model(TINY_MODEL, pretrained=False, **TINY_KWARGS)
+    path = tmp_path_factory.mktemp("tiny_clip") / "tiny_clip.pth"
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
 @pytest.fixture
 def img2dataset_dir(tmp_path):
     from factory import write_img2dataset

@@ -6,7 +6,6 @@ Everything runs on the real LAION weights from ../shared/models and the golden v
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -237,15 +236,6 @@ def test_checkpoint_saved_without_layers_prefix_loads(tmp_path, aesthetic_weight
     assert torch.equal(a, b)
 
 
-@pytest.fixture
-def tiny_checkpoint(tmp_path):
-    import timm
-
-    torch.manual_seed(0)
-    model = timm.create_model(TINY_MODEL, pretrained=False, **TINY_KWARGS)
-    path = tmp_path / "tiny.pth"
-    torch.save(model.state_dict(), path)
-    return str(path)
 
 
 def test_width_mismatch_is_refused_when_called_not_when_computed(tmp_path, aesthetic_weights):

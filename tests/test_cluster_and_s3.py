@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from factory import TINY_KWARGS, TINY_MODEL, write_img2dataset
 
 from nemo_aesthetic import get_client
@@ -30,15 +29,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    import timm
-
-    torch.manual_seed(0)
-    model = timm.create_model(TINY_MODEL, pretrained=False, **TINY_KWARGS)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny_clip.pth"
-    torch.save(model.state_dict(), path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ model would differ between worker processes.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import tarfile
@@ -32,15 +31,6 @@ ATOL = 1e-4
 
 
 # --------------------------------------------------------------------------- references
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    import timm
-
-    torch.manual_seed(1234)
-    model = timm.create_model(TINY_MODEL, pretrained=False, **TINY_KWARGS)
-    path = tmp_path_factory.mktemp("tiny") / "tiny_vit.pth"
-    torch.save(model.state_dict(), path)
-    return str(path)
 
 
 class Direct:

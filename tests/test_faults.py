@@ -10,8 +10,6 @@ import time
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
-import torch
 from factory import TINY_KWARGS, TINY_MODEL, write_img2dataset
 
 from nemo_aesthetic import get_client
@@ -20,15 +18,6 @@ from nemo_aesthetic.image.classifiers import AestheticClassifier
 from nemo_aesthetic.image.embedders import TimmImageEmbedder
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    import timm
-
-    torch.manual_seed(0)
-    model = timm.create_model(TINY_MODEL, pretrained=False, **TINY_KWARGS)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny_clip.pth"
-    torch.save(model.state_dict(), path)
-    return str(path)
 
 
 def _scored(path, checkpoint, weights):
