@@ -42,23 +42,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dask
-import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from factory import image_bytes  # noqa: E402  (the tests' picture generator)
 
 MODEL = "vit_large_patch14_clip_quickgelu_224"
 MODEL_KWARGS = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 
 
 def jpeg(seed: int, size: int = 256) -> bytes:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    base = np.stack([(xx * (seed % 7 + 1)) % 256, (yy * (seed % 5 + 2)) % 256, ((xx + yy) * 3) % 256], -1)
-    pixels = np.clip(base + rng.integers(0, 60, (size, size, 3)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+    return image_bytes(seed, (size, size), noise=60, quality=90)
 
 
 def write_dataset(root: Path, shards: int, per_shard: int) -> list[bytes]:

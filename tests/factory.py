@@ -24,18 +24,19 @@ TINY_MODEL = "vit_large_patch14_clip_quickgelu_224"
 TINY_KWARGS = {"depth": 1, "embed_dim": 32, "num_heads": 2, "global_pool": "avg"}
 
 
-def image_bytes(seed: int, size=(96, 64), fmt="JPEG", mode="RGB") -> bytes:
+def image_bytes(seed: int, size=(96, 64), fmt="JPEG", mode="RGB", noise: int = 40, quality: int | None = None
+                ) -> bytes:
     """A deterministic, non-trivial picture (gradient + noise) encoded as ``fmt``."""
     rng = np.random.default_rng(seed)
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w]
     base = np.stack([(xx * (seed % 7 + 1)) % 256, (yy * (seed % 5 + 2)) % 256, ((xx + yy) * 3) % 256], -1)
-    pixels = np.clip(base + rng.integers(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+    pixels = np.clip(base + rng.integers(0, noise, (h, w, 3)), 0, 255).astype(np.uint8)
     img = Image.fromarray(pixels, "RGB")
     if mode != "RGB":
         img = img.convert(mode)
     buf = io.BytesIO()
-    img.save(buf, format=fmt)
+    img.save(buf, format=fmt, **({"quality": quality} if quality is not None else {}))
     return buf.getvalue()
 
 

@@ -28,15 +28,10 @@ def test_committed_notebook_has_no_outputs():
     assert '"vit_large_patch14_clip_quickgelu_224.openai"' in first  # the real model by default
 
 
-def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch, aesthetic_weights):
-    import timm
-    import torch
-
+def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch, aesthetic_weights, tiny_checkpoint):
     data = tmp_path / "data"
     expected = write_img2dataset(data, n_shards=2, rows_per_shard=6)
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "tiny.pth"
-    torch.save(timm.create_model(TINY_MODEL, **TINY_KWARGS).state_dict(), checkpoint)
+    checkpoint = tiny_checkpoint
     filtered = tmp_path / "filtered"
     env = {"DATA": data, "OUT": filtered, "MODEL": TINY_MODEL, "MODEL_KWARGS": json.dumps(TINY_KWARGS),
            "CHECKPOINT": checkpoint, "WEIGHTS": aesthetic_weights, "CLUSTER": "sync"}

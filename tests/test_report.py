@@ -78,15 +78,10 @@ def data_uris(page: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------ end to end
 @needs_chromium
-def test_report_of_a_cli_scored_dataset_renders_in_chromium(tmp_path, aesthetic_weights, capsys):
-    import timm
-    import torch
-
+def test_report_of_a_cli_scored_dataset_renders_in_chromium(tmp_path, aesthetic_weights, tiny_checkpoint, capsys):
     data = tmp_path / "ds"
     expected = write_img2dataset(data, n_shards=2, rows_per_shard=8)
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "tiny.pth"
-    torch.save(timm.create_model(TINY_MODEL, **TINY_KWARGS).state_dict(), checkpoint)
+    checkpoint = tiny_checkpoint
     assert cli.main(["score", str(data), "--cluster", "sync", "--model", TINY_MODEL, "--model-kwargs",
                      json.dumps(TINY_KWARGS), "--clip-checkpoint", str(checkpoint),
                      "--aesthetic-weights", aesthetic_weights, "--quiet"]) == 0
