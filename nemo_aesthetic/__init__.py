@@ -2,7 +2,7 @@
 from nemo_aesthetic.distributed import get_client, load_object_on_worker
 
 __all__ = ["get_client", "load_object_on_worker", "ImageTextPairDataset", "TimmImageEmbedder",
-           "AestheticClassifier"]
+           "AestheticClassifier", "NsfwClassifier"]
 __version__ = "0.1.0"
 
 
@@ -16,8 +16,8 @@ def __getattr__(name):
         from nemo_aesthetic.image.embedders import TimmImageEmbedder
 
         return TimmImageEmbedder
-    if name == "AestheticClassifier":
-        from nemo_aesthetic.image.classifiers import AestheticClassifier
+    if name in ("AestheticClassifier", "NsfwClassifier"):
+        from nemo_aesthetic.image import classifiers
 
-        return AestheticClassifier
+        return getattr(classifiers, name)
     raise AttributeError(f"module 'nemo_aesthetic' has no attribute {name!r}")
