@@ -18,8 +18,9 @@ class ScoreFilterStage(ProcessingStage):
     score_attribute = "score"
     weights_filename = ""
 
-    def __init__(self, model_dir: str | None, score_threshold: float, model_inference_batch_size: int,
-                 num_gpus_per_worker: float, verbose: bool, device: str | None):
+    def __init__(self, model_dir: str | None = None, score_threshold: float = 0.5,
+                 model_inference_batch_size: int = 32, num_gpus_per_worker: float = 0.25,
+                 verbose: bool = False, device: str | None = None):
         if model_inference_batch_size < 1:
             raise ValueError("model_inference_batch_size must be >= 1")
         self.model_dir = None if model_dir is None else str(model_dir)

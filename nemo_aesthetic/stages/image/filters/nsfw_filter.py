@@ -31,12 +31,6 @@ class ImageNSFWFilterStage(ScoreFilterStage):
     score_attribute = "nsfw_score"
     weights_filename = NSFW_WEIGHTS.filename
 
-    def __init__(self, model_dir: str | None = None, score_threshold: float = 0.5,
-                 model_inference_batch_size: int = 32, num_gpus_per_worker: float = 0.25,
-                 verbose: bool = False, device: str | None = None):
-        super().__init__(model_dir, score_threshold, model_inference_batch_size, num_gpus_per_worker,
-                         verbose, device)
-
     def make_classifier(self, model_path):
         return NsfwClassifier(model_path=model_path, device=self.device)
 
