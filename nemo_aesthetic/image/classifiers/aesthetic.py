@@ -22,16 +22,19 @@ EMBEDDING_SIZE = 768
 
 
 def upstream_mlp():
-    """The upstream architecture, layer for layer (``layers.0`` ... ``layers.7``)."""
-    from torch import nn
+    """The upstream architecture, layer for layer (``MLP(768).layers``: ``0`` ... ``7``)."""
+    from nemo_aesthetic.image.classifiers.torch_models import MLP
 
-    return nn.Sequential(
-        nn.Linear(EMBEDDING_SIZE, 1024), nn.Dropout(0.2),
-        nn.Linear(1024, 128), nn.Dropout(0.2),
-        nn.Linear(128, 64), nn.Dropout(0.1),
-        nn.Linear(64, 16),
-        nn.Linear(16, 1),
-    )
+    return MLP(EMBEDDING_SIZE).layers
+
+
+def __getattr__(name: str):
+    # NeMo Curator's name for the model class; it needs torch, importing this module does not.
+    if name == "MLP":
+        from nemo_aesthetic.image.classifiers.torch_models import MLP
+
+        return MLP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_upstream(path: str):
@@ -83,18 +86,27 @@ class AestheticClassifier(ImageClassifier):
     def __init__(self, embedding_column: str = "image_embedding", pred_column: str = "aesthetic_score",
                  batch_size: int = -1, model_path: str | None = None, device: str | None = None):
         super().__init__(model_name="aesthetic_classifier", embedding_column=embedding_column,
-                         pred_column=pred_column, batch_size=batch_size, embedding_size=EMBEDDING_SIZE,
-                         device=device)
-        # Resolved here, on the client, so a missing file fails before any work is scheduled.
+                         pred_column=pred_column, pred_type=float, batch_size=batch_size,
+                         embedding_size=EMBEDDING_SIZE, device=device)
+        # As NeMo Curator: the default file is fetched here, on the client (so a missing one fails
+        # before any work is scheduled); an explicit path is stored as given and opened on the
+        # worker, where it may be the only place it exists.
         self.requested_model_path = model_path
-        self.model_path = resolve_weights(AESTHETIC_WEIGHTS, model_path)
+        self.model_path = self._get_default_model() if model_path is None else model_path
+
+    @staticmethod
+    def _get_default_model() -> str:
+        """The default weights file, downloaded and sha256-verified if absent (see weights.py)."""
+        return resolve_weights(AESTHETIC_WEIGHTS, None)
 
     def load_model(self, device: str) -> Callable:
         import torch
 
         path = self.model_path
-        if not fsspec.core.url_to_fs(path)[0].exists(path):  # a worker on another machine: resolve (and cache) it there
-            path = resolve_weights(AESTHETIC_WEIGHTS, self.requested_model_path)
+        if not fsspec.core.url_to_fs(path)[0].exists(path):
+            if self.requested_model_path is not None:
+                raise FileNotFoundError(f"aesthetic model_path does not exist on this worker: {path}")
+            path = self._get_default_model()  # a worker on another machine: resolve (and cache) it there
         w, b = fold_affine(load_upstream(path))
         # Folded in float64, applied as one float32 mat-vec: upcasting an (n, 768) batch to float64
         # costs ~10x the product itself (memory traffic), while the float32 product of the folded

@@ -85,8 +85,9 @@ class TimmImageEmbedder(ImageEmbedder):
         if self.cache_dir is not None:
             kwargs["cache_dir"] = self.cache_dir
         try:
-            model = timm.create_model(self.model_name, pretrained=self.pretrained,
-                                      checkpoint_path=self.checkpoint_path or None, **kwargs)
+            if self.checkpoint_path:
+                kwargs["checkpoint_path"] = self.checkpoint_path
+            model = timm.create_model(self.model_name, pretrained=self.pretrained, **kwargs)
         except (OSError, RuntimeError, ValueError) as exc:
             raise RuntimeError(self._load_failure(exc)) from exc
         model = model.eval().to(device)
