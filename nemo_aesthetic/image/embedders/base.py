@@ -94,6 +94,7 @@ class ImageEmbedder(ABC):
         from nemo_aesthetic.datasets.image_text_pair import ImageTextPairDataset
 
         for clf in self.classifiers:
+            clf.follow_backbone(self.model_name)
             clf.check_embedding_dim(self.embedding_dim, source=f"{type(self).__name__}({self.model_name!r})")
         new_columns = {self.image_embedding_column: f"embedding:{self.embedding_dim}"}
         new_columns.update({clf.pred_column: "float32" for clf in self.classifiers})
