@@ -13,7 +13,7 @@ from factory import TINY_KWARGS, TINY_MODEL, image_bytes, write_img2dataset
 from nemo_aesthetic.datasets import ImageTextPairDataset
 from nemo_aesthetic.frames import embeddings_to_matrix
 from nemo_aesthetic.image.embedders import TimmImageEmbedder
-from nemo_aesthetic.image.embedders.base import _make_forward
+from nemo_aesthetic.engine import make_forward as _make_forward
 from nemo_aesthetic.image.preprocess import ImageDecodeError, cpu_transform, make_preprocessor
 from nemo_aesthetic.image.tensor_preprocess import make_tensor_preprocessor
 
