@@ -16,7 +16,7 @@ from PIL import Image
 from nemo_aesthetic.datasets import ImageTextPairDataset
 from nemo_aesthetic.frames import embeddings_to_matrix
 from nemo_aesthetic.image.embedders import TimmImageEmbedder
-from nemo_aesthetic.image.embedders.base import _make_forward
+from nemo_aesthetic.engine import make_forward as _make_forward
 from nemo_aesthetic.image.preprocess import ImageDecodeError, cpu_transform, make_preprocessor
 from nemo_aesthetic.image.tensor_preprocess import (
     TensorBatchPreprocessor,
