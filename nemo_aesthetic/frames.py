@@ -198,11 +198,14 @@ def column_values(series) -> list:
 def empty_like_with(meta, columns: dict):
     """``meta`` plus new empty columns, for ``map_partitions(meta=...)``.
 
-    ``columns`` maps a name to "embedding:<dim>", "float32" or "string".
+    ``columns`` maps a name to "embedding:<dim>" ("embedding:?" when the width is not known yet),
+    "float32" or "string".
     """
     out = meta.copy()
     for name, kind in columns.items():
-        if kind.startswith("embedding:"):
+        if kind == "embedding:?":  # width known only once a model has run: a list column
+            out[name] = _empty_list_series(out.index, like=meta)
+        elif kind.startswith("embedding:"):
             dim = int(kind.split(":", 1)[1])
             out[name] = embeddings_to_series(np.zeros((0, dim), np.float32), np.zeros(0, bool), out.index, like=meta)
         elif kind == "float32":
@@ -246,3 +249,11 @@ def values_series(values, valid: np.ndarray, index, dtype, like=None):
 
         return cudf.from_pandas(series)
     return series
+
+
+def _empty_list_series(index, like=None):
+    if like is not None and _is_cudf(like):
+        import cudf
+
+        return cudf.Series([], dtype=cudf.ListDtype("float32")).set_axis(index)
+    return pd.Series(pd.array([], dtype=pd.ArrowDtype(pa.list_(pa.float32()))), index=index)

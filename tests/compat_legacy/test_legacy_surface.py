@@ -152,3 +152,68 @@ def test_user_built_metadata_keeps_embeddings_as_numbers(tmp_path):
     saved = pq.read_table(tmp_path / "meta" / "00000.parquet")
     assert saved.schema.field("image_embedding").type.value_type == "float"
     np.testing.assert_array_equal(np.asarray(saved["image_embedding"][0].as_py(), np.float32), emb[0])
+
+
+def _legacy_style_embedder(classifiers):
+    """Written as for NeMo Curator 0.x: only load_dataset_shard and load_embedding_model."""
+    from nemo_aesthetic.image.embedders.base import ImageEmbedder
+
+    class MeanColourEmbedder(ImageEmbedder):
+        def __init__(self, classifiers):
+            super().__init__("mean-colour", "image_embedding", classifiers)
+
+        def load_dataset_shard(self, tar_path):
+            import torch
+            from PIL import Image
+
+            with tarfile.open(tar_path) as tar:
+                members = sorted((m for m in tar.getmembers() if m.name.endswith(".jpg")), key=lambda m: m.name)
+                for start in range(0, len(members), 2):
+                    chunk = members[start:start + 2]
+                    images = [np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB"))
+                              for m in chunk]
+                    batch = torch.stack([torch.as_tensor(a, dtype=torch.float32).permute(2, 0, 1) / 255
+                                         for a in images])
+                    yield batch, [{"key": m.name.split(".")[0]} for m in chunk]
+
+        def load_embedding_model(self, device):
+            return lambda batch: batch.mean(dim=(2, 3))
+
+    return MeanColourEmbedder(classifiers)
+
+
+def _brightness_classifier():
+    from nemo_aesthetic.image.classifiers.base import ImageClassifier
+
+    class Bright(ImageClassifier):
+        def __init__(self):
+            super().__init__("bright", "image_embedding", "bright", bool, -1, 3)
+
+        def load_model(self, device):
+            return lambda embeddings: embeddings.sum(dim=1, keepdim=True)  # (n, 1), as upstream models give
+
+        def postprocess(self, series):
+            return series > 1.2
+
+    return Bright()
+
+
+def test_legacy_style_embedder_subclass_runs_with_its_own_shard_loader(tmp_path, cpu_client):
+    from PIL import Image
+
+    from factory import write_img2dataset
+    from nemo_aesthetic.datasets import ImageTextPairDataset
+
+    expected = write_img2dataset(tmp_path / "ds", n_shards=2, rows_per_shard=4)
+    ds = ImageTextPairDataset.from_webdataset(str(tmp_path / "ds"), "key")
+    out = _legacy_style_embedder([_brightness_classifier()])(ds).metadata.compute()
+    assert sorted(out["key"]) == sorted(expected)  # every row comes out
+    for row in out.itertuples():
+        image = expected[row.key]["image"]
+        if image is None:  # failed download: kept, with img2dataset's reason
+            assert pd.isna(row.image_embedding) and row.bright is pd.NA
+            assert "failed_to_download" in row.error
+            continue
+        mean = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"), np.float32).mean(axis=(0, 1)) / 255
+        np.testing.assert_allclose(np.asarray(row.image_embedding), mean, rtol=1e-5)  # not normalised, as upstream
+        assert row.bright == bool(mean.sum() > 1.2) and pd.isna(row.error)
