@@ -3,13 +3,17 @@
 ``get_client`` starts a local cluster (CPU: ``LocalCluster``; GPU: dask-cuda's
 ``LocalCUDACluster``, one worker per GPU) or connects to one started elsewhere with the standard
 ``dask scheduler`` / ``dask worker`` commands. ``load_object_on_worker`` keeps expensive objects
-(models) alive once per worker process, so a model is loaded once, not once per partition.
+(models) alive once per worker process, so a model is loaded once, not once per partition; each
+load is logged and, on a Dask worker, recorded as a scheduler event (topic :data:`LOAD_EVENTS`,
+``{"key", "seconds", "worker"}``), so ``client.get_events(LOAD_EVENTS)`` or the dashboard shows
+which worker loaded which model and how long it took.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections import Counter
+import time
 from typing import Any, Callable
 
 import dask
@@ -18,8 +22,9 @@ from distributed import Client, LocalCluster
 _CACHE: dict[str, Any] = {}
 _CACHE_LOCK = threading.Lock()
 _KEY_LOCKS: dict[str, threading.Lock] = {}
-#: How many times each cached object was actually loaded in this process (tests count it).
-LOAD_COUNTS: Counter = Counter()
+#: The Dask event topic of model loads (see :func:`load_object_on_worker`).
+LOAD_EVENTS = "nemo_aesthetic.load"
+logger = logging.getLogger(__name__)
 
 
 def get_client(cluster_type: str = "cpu", scheduler_address: str | None = None,
@@ -104,11 +109,23 @@ def load_object_on_worker(key: str, loader: Callable[..., Any], *args, **kwargs)
         lock = _KEY_LOCKS.setdefault(key, threading.Lock())
     with lock:
         if key not in _CACHE:
+            start = time.perf_counter()
             _CACHE[key] = loader(*args, **kwargs)
-            LOAD_COUNTS[key] += 1
+            _record_load(key, time.perf_counter() - start)
         return _CACHE[key]
 
 
-def load_counts() -> dict[str, int]:
-    """Loads per cache key in this process; run on workers with ``client.run(load_counts)``."""
-    return dict(LOAD_COUNTS)
+def cached_keys() -> list[str]:
+    """The keys of the objects held in this process; on workers: ``client.run(cached_keys)``."""
+    return sorted(_CACHE)
+
+
+def _record_load(key: str, seconds: float) -> None:
+    logger.debug("loaded %s in %.1fs", key, seconds)
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except ValueError:  # not in a Dask worker (synchronous scheduler, plain call)
+        return
+    worker.log_event(LOAD_EVENTS, {"key": key, "seconds": round(seconds, 3)})

@@ -108,3 +108,16 @@ def populate_hf_cache(hub_dir, state_dict: dict, repo_id: str = CLIP_HUB_REPO, c
     path = os.path.join(snapshot, "model.safetensors")
     save_file({k: v.contiguous() for k, v in state_dict.items()}, path)
     return path
+
+
+def model_loads(client) -> dict:
+    """``{(worker address, cache key): loads}`` from the cluster's model-load events.
+
+    A worker sends its load event on the same ordered stream as the finished task that made it,
+    so once a computation's result is back its loads are on the scheduler.
+    """
+    from collections import Counter
+
+    from nemo_aesthetic.distributed import LOAD_EVENTS
+
+    return dict(Counter((msg["worker"], msg["key"]) for _, msg in client.get_events(LOAD_EVENTS)))
