@@ -50,6 +50,24 @@ AESTHETIC_WEIGHTS = WeightsFile(
     description="LAION improved aesthetic predictor (v2) for CLIP ViT-L/14",
 )
 
+def _laion_v1(backbone: str, name: str, sha256: str) -> WeightsFile:
+    filename = f"sa_0_4_{backbone}_linear.pth"
+    return WeightsFile(
+        filename=filename,
+        url=f"https://github.com/LAION-AI/aesthetic-predictor/blob/main/{filename}?raw=true",
+        sha256=sha256,
+        description=f"LAION-Aesthetics V1 linear head for OpenAI CLIP {name}",
+    )
+
+
+#: LAION-Aesthetics V1 (LAION-AI/aesthetic-predictor, MIT): one ``nn.Linear(d, 1)`` per OpenAI
+#: CLIP backbone, the head LAION-5B's ``aesthetic`` column was computed with. Keyed by backbone.
+AESTHETIC_V1_WEIGHTS = {
+    "vit_l_14": _laion_v1("vit_l_14", "ViT-L/14", "2cd4e60f4f24ae3bcd57b847b13c1f3ba27edc28cc1a7f9ce74ee9f421243cba"),
+    "vit_b_16": _laion_v1("vit_b_16", "ViT-B/16", "8ad3923d7ecf019df20ecd2ab5542a3075fbba0278d239c0371345f3d7fcbde0"),
+    "vit_b_32": _laion_v1("vit_b_32", "ViT-B/32", "c7b14cead230694acc7b9447974d3cad78003c72da032e402a303b6c2429e85f"),
+}
+
 #: The PyTorch port of LAION's CLIP-based NSFW detector. Upstream publishes it only inside a zip
 #: (a GitHub issue attachment) and no checksum: ``sha256`` is empty, and the file is verified by
 #: loading it into the architecture instead (see ``nemo_aesthetic.image.classifiers.nsfw``).
