@@ -110,6 +110,19 @@ def populate_hf_cache(hub_dir, state_dict: dict, repo_id: str = CLIP_HUB_REPO, c
     return path
 
 
+def model_loads(client) -> dict:
+    """``{(worker address, cache key): loads}`` from the cluster's model-load events.
+
+    A worker sends its load event on the same ordered stream as the finished task that made it,
+    so once a computation's result is back its loads are on the scheduler.
+    """
+    from collections import Counter
+
+    from nemo_aesthetic.distributed import LOAD_EVENTS
+
+    return dict(Counter((msg["worker"], msg["key"]) for _, msg in client.get_events(LOAD_EVENTS)))
+
+
 #: scikit-image's bundled colour photographs (public domain / CC0; shipped in its wheel).
 WEB_PHOTO_SOURCES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
                      "hubble_deep_field.jpg", "retina.jpg", "immunohistochemistry.png")

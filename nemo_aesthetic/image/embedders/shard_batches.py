@@ -62,7 +62,7 @@ def engine_batches(embedder, tar_path: str, storage_options: dict | None = None)
         return images, {}
 
     with embedder.make_batch_preprocessor(model, preprocess, device) as preprocessor:
-        for batch in embed_stream(payloads(), preprocessor, as_batch, embedder.batch_size, skipped):
+        for batch in embed_stream(payloads(), preprocessor, as_batch, embedder.batch_size_on(device), skipped):
             yield batch.embeddings, batch.tags
 
 
