@@ -61,6 +61,17 @@ def test_classifier_defaults_are_upstreams():
     assert NsfwClassifier._get_default_model() == clf.model_path
 
 
+def test_timm_embedder_defaults_are_upstreams():
+    from nemo_aesthetic.image.embedders.timm import TimmImageEmbedder
+
+    embedder = TimmImageEmbedder(model_name="resnet18")
+    assert (embedder.model_name, embedder.pretrained, embedder.num_threads_per_worker) == ("resnet18", False, 4)
+    assert (embedder.image_embedding_column, embedder.normalize_embeddings, embedder.autocast) == (
+        "image_embedding", True, True)
+    assert embedder.use_index_files is False and len(embedder.classifiers) == 0
+    assert embedder.batch_size_on("cpu") == 1  # upstream's batch_size=1 (None here: 256 on CUDA)
+
+
 def _embedding_dataset(root, n=6, dim=8, missing=(2,)):
     """A dataset whose metadata already has embeddings (one shard, some rows without)."""
     from nemo_aesthetic.datasets import ImageTextPairDataset
