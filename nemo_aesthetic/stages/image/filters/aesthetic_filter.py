@@ -1,38 +1,38 @@
 """ImageAestheticFilterStage: LAION aesthetic score, keep ``score >= score_threshold``."""
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
 
-from nemo_aesthetic.image.classifiers.aesthetic import AestheticClassifier
-from nemo_aesthetic.stages.image.filters.base import ScoreFilterStage
-from nemo_aesthetic.weights import AESTHETIC_WEIGHTS
+from nemo_aesthetic.models.aesthetics import AestheticScorer
+from nemo_aesthetic.stages.base import logger
+from nemo_aesthetic.stages.image.filters.base import BaseFilterStage
 
 
-class ImageAestheticFilterStage(ScoreFilterStage):
-    """Set ``aesthetic_score`` (roughly 1-10) and keep images with ``score >= score_threshold``.
+@dataclass
+class ImageAestheticFilterStage(BaseFilterStage):
+    """Set ``aesthetic_score`` (roughly 1-10); keep images with ``score >= score_threshold``.
 
-    The scorer is the core :class:`~nemo_aesthetic.image.classifiers.AestheticClassifier` (the
-    upstream MLP folded into one mat-vec), loaded once per worker process.
-
-    Args:
-        model_dir: a directory holding ``sac+logos+ava1-l14-linearMSE.pth``. When the file is not
-            there (or model_dir is None) the legacy default applies:
-            ``$NEMO_AESTHETIC_HOME/sac+logos+ava1-l14-linearMSE.pth``, downloaded and verified
-            (sha256) if absent; offline with no file, an error names both paths.
-        score_threshold: images scoring below it are removed.
-        model_inference_batch_size: embeddings scored per step.
-        num_gpus_per_worker: GPU share per partition task on clusters whose workers advertise a
-            ``GPU`` resource; ignored on CPU.
-        verbose: log per-batch counts at INFO.
-        device: "cuda", "cpu", ... (default: cuda if the worker has a GPU, else cpu).
+    Weights: see :class:`~nemo_aesthetic.models.aesthetics.AestheticScorer` (``model_dir`` in
+    NeMo Curator 1.x's layout or holding ``sac+logos+ava1-l14-linearMSE.pth``, else
+    ``$NEMO_AESTHETIC_HOME``'s verified copy).
     """
 
-    name = "image_aesthetic_filter"
+    name: str = "image_aesthetic_filter"
     score_attribute = "aesthetic_score"
-    weights_filename = AESTHETIC_WEIGHTS.filename
 
-    def make_classifier(self, model_path):
-        return AestheticClassifier(model_path=model_path, device=self.device)
+    def setup_on_node(self, node_info=None, worker_metadata=None) -> None:
+        AestheticScorer.download_weights_on_node(self.model_dir)
 
-    def keep(self, scores: np.ndarray) -> np.ndarray:
-        return scores >= self.score_threshold
+    def setup(self, worker_metadata=None) -> None:
+        self.model = AestheticScorer(model_dir=self.model_dir)
+        self.model.setup()
+        if self.verbose:
+            logger.info("Initialized aesthetic scoring model")
+
+    label = "Aesthetic"
+
+    def report(self, message: str) -> None:
+        logger.info(message)
+
+    def keep(self, score: float) -> bool:
+        return score >= self.score_threshold
