@@ -109,24 +109,31 @@ def gpu_resources(client, stages) -> dict | None:
 
 def _resolve_client(client):
     """(client, whether we started it)."""
-    from distributed import Client, default_client
+    from distributed import Client
 
     if client is not None:
         if not isinstance(client, Client):
             raise TypeError(f"executor must be a distributed.Client or an executor, got {type(client).__name__}")
         return client, False
-    try:
-        current = default_client()
-        if current.status == "running":
-            return current, False
-    except ValueError:
-        pass
+    current = _current_client()
+    if current is not None:
+        return current, False
     import torch
 
     from nemo_aesthetic.distributed import get_client
 
     logger.info("no Dask client found: starting a LocalCluster for this run")
     return get_client(cluster_type="gpu" if torch.cuda.is_available() else "cpu", dashboard_address=":0"), True
+
+
+def _current_client():
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:
+        return None
+    return client if client.status == "running" else None
 
 
 def _worker_id() -> str:

@@ -129,8 +129,13 @@ class CLIPImageEmbeddings(ModelInterface):
 
     def setup(self) -> None:
         e = self.embedder
-        self.clip, self.preprocess = load_object_on_worker(e.model_cache_key(self.device),
-                                                           e.load_model_and_preprocessor, self.device)
+        try:
+            self.clip, self.preprocess = load_object_on_worker(e.model_cache_key(self.device),
+                                                               e.load_model_and_preprocessor, self.device)
+        except Exception as exc:
+            layout = os.path.join(self.model_dir, CLIP_MODEL_ID) if self.model_dir else "(no model_dir)"
+            raise RuntimeError(f"cannot load CLIP model: no Hugging Face CLIP at {layout} (NeMo Curator 1.x's "
+                               f"layout: config.json + *.safetensors), and timm's loading failed: {exc}") from exc
         self.transform = cpu_transform(self.clip)
         self.check_resize = resize_guard(self.transform, e.max_pixels)
         self.forward = make_forward(self.clip, [], self.device, e.normalize_embeddings, e.autocast)

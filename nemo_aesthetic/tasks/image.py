@@ -30,6 +30,8 @@ class _Pixels:
         return value
 
     def __set__(self, obj, value) -> None:
+        if isinstance(value, _Pixels):  # the dataclass default: nothing set
+            value = None
         obj.__dict__["_image_data"] = value
         if value is None:
             obj.__dict__["_sample"] = None  # releasing the image releases its original bytes too
