@@ -10,14 +10,16 @@ The layouts are the ones clip-retrieval writes and ``embedding_reader.EmbeddingR
 Files are found like embedding-reader finds them (``<folder>/**/*.<ext>``, recursively, sorted by
 path), so "input order" means the same thing to both. Planning reads only headers (``.npy``
 headers, Parquet footers), in a thread pool, so every file's width and row count is checked before
-any work is scheduled. Rows are streamed in fixed-size batches read straight into one reusable
-buffer: a worker's memory is bounded by the batch, not by the file. (Not ``np.load(mmap_mode=)``:
-pages of a mapped file that were touched count in the process's RSS until unmapped, and Dask pauses
-or restarts workers by RSS, so mapping a 1.5 GB file would look like a 1.5 GB worker.)
+any work is scheduled. Rows are streamed in fixed-size batches, each memory-mapped on its own
+(local files) or read into one reused buffer (object stores): a worker's memory is bounded by the
+batch, not by the file. (Not one ``np.load(mmap_mode="r")`` per file: the touched pages of a
+mapping count in the process's RSS until it is unmapped, and Dask pauses or restarts workers by
+RSS, so mapping a whole 1.5 GB file would look like a 1.5 GB worker.)
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
@@ -25,6 +27,8 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from nemo_aesthetic.atomic import is_local
 
 FORMATS = ("npy", "parquet_npy", "parquet")
 
@@ -87,11 +91,15 @@ def _npy_file(fs, path: str, name: str) -> EmbeddingFile:
                            else np.lib.format.read_array_header_2_0)
             shape, fortran, dtype = read_header(f)
             offset = f.tell()
+            size = f.size
     except Exception as exc:
         raise EmbeddingFileError(f"cannot read {path} as a .npy file: {type(exc).__name__}: {exc}") from exc
     if len(shape) != 2 or fortran or dtype.kind != "f":
         raise EmbeddingFileError(f"{path} holds a {dtype} array of shape {shape}"
                                  f"{' in Fortran order' if fortran else ''}; expected (rows, dim) of float16/32")
+    row_bytes = shape[1] * dtype.itemsize
+    if offset + shape[0] * row_bytes > size:
+        _truncated(path, shape[0], (size - offset) // max(row_bytes, 1))
     return EmbeddingFile(path, name, int(shape[0]), int(shape[1]), dtype.str, offset)
 
 
@@ -144,13 +152,26 @@ def _pair_metadata(files: list[EmbeddingFile], metadata_fs, metadata_root, pool)
 
 # --------------------------------------------------------------------------- rows
 def iter_npy_rows(fs, file: EmbeddingFile, start: int, stop: int, batch_rows: int) -> Iterator[np.ndarray]:
-    """Rows ``start..stop`` of a .npy file in batches of at most ``batch_rows``, read into one
-    reused buffer (each yielded array is only valid until the next one is read)."""
+    """Rows ``start..stop`` of a .npy file in batches of at most ``batch_rows``.
+
+    Local files: each batch is its own read-only memory map, unmapped when the next one is made
+    (no copy; resident memory stays at one batch). Other filesystems: each batch is one ranged
+    read into a reused buffer. Either way a yielded array is valid only until the next one.
+    """
     dtype = np.dtype(file.dtype)
+    row_bytes = file.dim * dtype.itemsize
+    if is_local(fs):
+        size = os.path.getsize(file.path)
+        for first in range(start, stop, batch_rows):
+            n = min(batch_rows, stop - first)
+            if file.header_offset + (first + n) * row_bytes > size:
+                _truncated(file.path, file.count, (size - file.header_offset) // row_bytes)
+            yield np.memmap(file.path, dtype, "r", file.header_offset + first * row_bytes, (n, file.dim))
+        return
     buffer = np.empty((min(batch_rows, max(stop - start, 1)), file.dim), dtype)
     # No read-ahead cache: every read is one large request into our buffer.
     with fs.open(file.path, "rb", cache_type="none") as f:
-        f.seek(file.header_offset + start * file.dim * dtype.itemsize)
+        f.seek(file.header_offset + start * row_bytes)
         for first in range(start, stop, batch_rows):
             rows = buffer[:min(batch_rows, stop - first)]
             view = memoryview(rows.reshape(-1).view(np.uint8))
@@ -158,10 +179,14 @@ def iter_npy_rows(fs, file: EmbeddingFile, start: int, stop: int, batch_rows: in
             while got < len(view):
                 n = f.readinto(view[got:])
                 if not n:
-                    raise EmbeddingFileError(f"{file.path} is truncated: its header promises {file.count} rows "
-                                             f"but the data ends inside row {first + got // (file.dim * dtype.itemsize)}")
+                    _truncated(file.path, file.count, first + got // row_bytes)
                 got += n
             yield rows
+
+
+def _truncated(path: str, count: int, row: int):
+    raise EmbeddingFileError(f"{path} is truncated: its header promises {count} rows but the data ends "
+                             f"inside row {row}")
 
 
 def iter_parquet_rows(fs, file: EmbeddingFile, column: str, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
