@@ -7,14 +7,18 @@ argument, so legacy code runs unchanged: the GPU-only keywords configure dask-cu
 cluster and are ignored on a CPU one, with one warning naming those that were set (legacy
 notebooks pass them unconditionally; on a CPU cluster they would only make every worker fail to
 start). ``load_object_on_worker`` keeps expensive objects (models) alive once per worker process,
-so a model is loaded once, not once per partition.
+so a model is loaded once, not once per partition; each load is logged and, on a Dask worker,
+recorded as a scheduler event (topic :data:`LOAD_EVENTS`, ``{"key", "seconds", "worker"}``), so
+``client.get_events(LOAD_EVENTS)`` or the dashboard shows which worker loaded which model and how
+long it took.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 import warnings
-from collections import Counter
 from typing import Any, Callable, Literal
 
 import dask
@@ -23,8 +27,9 @@ from distributed import Client, LocalCluster
 _CACHE: dict[str, Any] = {}
 _CACHE_LOCK = threading.Lock()
 _KEY_LOCKS: dict[str, threading.Lock] = {}
-#: How many times each cached object was actually loaded in this process (tests count it).
-LOAD_COUNTS: Counter = Counter()
+#: The Dask event topic of model loads (see :func:`load_object_on_worker`).
+LOAD_EVENTS = "nemo_aesthetic.load"
+logger = logging.getLogger(__name__)
 
 #: get_client's GPU-only keywords with their (upstream) defaults.
 GPU_ONLY_DEFAULTS = {
@@ -208,14 +213,26 @@ def load_object_on_worker(key: str, loader: Callable[..., Any], *args, **kwargs)
         lock = _KEY_LOCKS.setdefault(key, threading.Lock())
     with lock:
         if key not in _CACHE:
+            start = time.perf_counter()
             _CACHE[key] = loader(*args, **kwargs)
-            LOAD_COUNTS[key] += 1
+            _record_load(key, time.perf_counter() - start)
         return _CACHE[key]
 
 
-def load_counts() -> dict[str, int]:
-    """Loads per cache key in this process; run on workers with ``client.run(load_counts)``."""
-    return dict(LOAD_COUNTS)
+def cached_keys() -> list[str]:
+    """The keys of the objects held in this process; on workers: ``client.run(cached_keys)``."""
+    return sorted(_CACHE)
+
+
+def _record_load(key: str, seconds: float) -> None:
+    logger.debug("loaded %s in %.1fs", key, seconds)
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except ValueError:  # not in a Dask worker (synchronous scheduler, plain call)
+        return
+    worker.log_event(LOAD_EVENTS, {"key": key, "seconds": round(seconds, 3)})
 
 
 def forget_object_on_worker(key: str) -> None:
