@@ -11,14 +11,15 @@ Files are found like embedding-reader finds them (``<folder>/**/*.<ext>``, recur
 path), so "input order" means the same thing to both. Planning reads only headers (``.npy``
 headers, Parquet footers), in a thread pool, so every file's width and row count is checked before
 any work is scheduled. Rows are streamed in fixed-size batches, each memory-mapped on its own
-(local files) or read into one reused buffer (object stores): a worker's memory is bounded by the
-batch, not by the file. (Not one ``np.load(mmap_mode="r")`` per file: the touched pages of a
+(local files) or read into a few reused buffers (object stores), one batch read ahead while the
+previous one is scored: a worker's memory is bounded by the batches in flight, not by the file. (Not one ``np.load(mmap_mode="r")`` per file: the touched pages of a
 mapping count in the process's RSS until it is unmapped, and Dask pauses or restarts workers by
 RSS, so mapping a whole 1.5 GB file would look like a 1.5 GB worker.)
 """
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
@@ -151,29 +152,37 @@ def _pair_metadata(files: list[EmbeddingFile], metadata_fs, metadata_root, pool)
 
 
 # --------------------------------------------------------------------------- rows
-def iter_npy_rows(fs, file: EmbeddingFile, start: int, stop: int, batch_rows: int) -> Iterator[np.ndarray]:
+def iter_npy_rows(fs, file: EmbeddingFile, start: int, stop: int, batch_rows: int,
+                  buffers: int = 3) -> Iterator[np.ndarray]:
     """Rows ``start..stop`` of a .npy file in batches of at most ``batch_rows``.
 
-    Local files: each batch is its own read-only memory map, unmapped when the next one is made
-    (no copy; resident memory stays at one batch). Other filesystems: each batch is one ranged
-    read into a reused buffer. Either way a yielded array is valid only until the next one.
+    Local files: each batch is its own read-only memory map, pre-faulted (``MAP_POPULATE``) by
+    whichever thread runs this generator and unmapped when dropped (no copy; resident memory stays
+    at the batches alive). Other filesystems: each batch is one ranged read into one of
+    ``buffers`` rotating buffers, so a consumer running this generator ahead of itself (a
+    :func:`~nemo_aesthetic.prefetch.prefetch` of depth ``buffers - 2``) never sees one overwritten.
     """
     dtype = np.dtype(file.dtype)
     row_bytes = file.dim * dtype.itemsize
     if is_local(fs):
-        size = os.path.getsize(file.path)
-        for first in range(start, stop, batch_rows):
-            n = min(batch_rows, stop - first)
-            if file.header_offset + (first + n) * row_bytes > size:
-                _truncated(file.path, file.count, (size - file.header_offset) // row_bytes)
-            yield np.memmap(file.path, dtype, "r", file.header_offset + first * row_bytes, (n, file.dim))
+        with open(file.path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            for first in range(start, stop, batch_rows):
+                n = min(batch_rows, stop - first)
+                begin = file.header_offset + first * row_bytes
+                if begin + n * row_bytes > size:
+                    _truncated(file.path, file.count, (size - file.header_offset) // row_bytes)
+                aligned = begin - begin % mmap.ALLOCATIONGRANULARITY
+                mapped = mmap.mmap(fh.fileno(), begin - aligned + n * row_bytes, offset=aligned,
+                                   flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
+                yield np.frombuffer(mapped, dtype, n * file.dim, begin - aligned).reshape(n, file.dim)
         return
-    buffer = np.empty((min(batch_rows, max(stop - start, 1)), file.dim), dtype)
+    ring = [np.empty((min(batch_rows, max(stop - start, 1)), file.dim), dtype) for _ in range(buffers)]
     # No read-ahead cache: every read is one large request into our buffer.
     with fs.open(file.path, "rb", cache_type="none") as f:
         f.seek(file.header_offset + start * row_bytes)
-        for first in range(start, stop, batch_rows):
-            rows = buffer[:min(batch_rows, stop - first)]
+        for i, first in enumerate(range(start, stop, batch_rows)):
+            rows = ring[i % buffers][:min(batch_rows, stop - first)]
             view = memoryview(rows.reshape(-1).view(np.uint8))
             got = 0
             while got < len(view):

@@ -30,6 +30,7 @@ from nemo_aesthetic.embeddings.layouts import (
     iter_parquet_rows,
     plan_files,
 )
+from nemo_aesthetic.prefetch import prefetch
 
 logger = logging.getLogger(__name__)
 
@@ -146,10 +147,11 @@ def _score_rows(fs, file: EmbeddingFile, start: int, stop: int, classifier, embe
     scores = np.empty(stop - start, np.float32)
     codes = np.zeros(stop - start, np.uint8)
     began = time.perf_counter()
+    # Read one batch ahead on a second thread: reading (I/O, page faults) overlaps scoring.
     if file.dtype is not None:  # .npy
-        batches = ((rows, None) for rows in iter_npy_rows(fs, file, start, stop, batch_rows))
+        batches = prefetch(((rows, None) for rows in iter_npy_rows(fs, file, start, stop, batch_rows)), depth=1)
     else:
-        batches = iter_parquet_rows(fs, file, embedding_column, batch_rows)
+        batches = prefetch(iter_parquet_rows(fs, file, embedding_column, batch_rows), depth=1)
     at = 0
     block = torch.empty(0)
     with torch.inference_mode():
