@@ -7,14 +7,18 @@ argument, so legacy code runs unchanged: the GPU-only keywords configure dask-cu
 cluster and are ignored on a CPU one, with one warning naming those that were set (legacy
 notebooks pass them unconditionally; on a CPU cluster they would only make every worker fail to
 start). ``load_object_on_worker`` keeps expensive objects (models) alive once per worker process,
-so a model is loaded once, not once per partition.
+so a model is loaded once, not once per partition; each load is logged and, on a Dask worker,
+recorded as a scheduler event (topic :data:`LOAD_EVENTS`, ``{"key", "seconds", "worker"}``), so
+``client.get_events(LOAD_EVENTS)`` or the dashboard shows which worker loaded which model and how
+long it took.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 import warnings
-from collections import Counter
 from typing import Any, Callable, Literal
 
 import dask
@@ -23,8 +27,9 @@ from distributed import Client, LocalCluster
 _CACHE: dict[str, Any] = {}
 _CACHE_LOCK = threading.Lock()
 _KEY_LOCKS: dict[str, threading.Lock] = {}
-#: How many times each cached object was actually loaded in this process (tests count it).
-LOAD_COUNTS: Counter = Counter()
+#: The Dask event topic of model loads (see :func:`load_object_on_worker`).
+LOAD_EVENTS = "nemo_aesthetic.load"
+logger = logging.getLogger(__name__)
 
 #: get_client's GPU-only keywords with their (upstream) defaults.
 GPU_ONLY_DEFAULTS = {
@@ -67,7 +72,8 @@ def get_client(cluster_type: Literal["cpu", "gpu"] = "cpu", scheduler_address: s
             object) instead; the cluster options below are then unused.
         scheduler_file: connect using the JSON file ``dask scheduler --scheduler-file`` wrote.
         n_workers, threads_per_worker: size of a local CPU cluster (a GPU cluster has one
-            worker per visible GPU).
+            worker per visible GPU; there ``threads_per_worker=2`` runs two shards at a time per
+            GPU, so one shard's reading and decoding overlaps the other's forward passes).
         nvlink_only, protocol, rmm_pool_size, enable_spilling, set_torch_to_use_rmm, rmm_async,
             rmm_maximum_pool_size, rmm_managed_memory, rmm_release_threshold: GPU clusters only,
             with NeMo Curator's meanings and defaults (``enable_spilling`` is cuDF spilling,
@@ -90,6 +96,8 @@ def get_client(cluster_type: Literal["cpu", "gpu"] = "cpu", scheduler_address: s
                    "rmm_async": rmm_async, "rmm_maximum_pool_size": rmm_maximum_pool_size,
                    "rmm_managed_memory": rmm_managed_memory, "rmm_release_threshold": rmm_release_threshold}
     if cluster_type == "gpu":
+        if threads_per_worker != 1:
+            cluster_kwargs.setdefault("threads_per_worker", threads_per_worker)
         return _local_cuda_client(gpu_options, cluster_kwargs)
     ignored = {k: v for k, v in gpu_options.items() if v != GPU_ONLY_DEFAULTS[k]}
     ignored.update({k: cluster_kwargs.pop(k) for k in sorted(CUDA_CLUSTER_ONLY_KWARGS & set(cluster_kwargs))})
@@ -208,14 +216,26 @@ def load_object_on_worker(key: str, loader: Callable[..., Any], *args, **kwargs)
         lock = _KEY_LOCKS.setdefault(key, threading.Lock())
     with lock:
         if key not in _CACHE:
+            start = time.perf_counter()
             _CACHE[key] = loader(*args, **kwargs)
-            LOAD_COUNTS[key] += 1
+            _record_load(key, time.perf_counter() - start)
         return _CACHE[key]
 
 
-def load_counts() -> dict[str, int]:
-    """Loads per cache key in this process; run on workers with ``client.run(load_counts)``."""
-    return dict(LOAD_COUNTS)
+def cached_keys() -> list[str]:
+    """The keys of the objects held in this process; on workers: ``client.run(cached_keys)``."""
+    return sorted(_CACHE)
+
+
+def _record_load(key: str, seconds: float) -> None:
+    logger.debug("loaded %s in %.1fs", key, seconds)
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except ValueError:  # not in a Dask worker (synchronous scheduler, plain call)
+        return
+    worker.log_event(LOAD_EVENTS, {"key": key, "seconds": round(seconds, 3)})
 
 
 def forget_object_on_worker(key: str) -> None:

@@ -29,9 +29,16 @@ class Pipeline:
         return self
 
     def build(self) -> None:
-        """Check the pipeline can run (it has stages)."""
+        """Check the pipeline can run: it has stages, and each score stage after an embedding
+        stage fits its backbone (which also picks a LAION-Aesthetics V1 head), before any work."""
         if not self.stages:
             raise ValueError(f"Pipeline '{self.name}' has no stages")
+        backbone = None
+        for stage in self.stages:
+            if hasattr(stage, "backbone"):
+                backbone = stage.backbone()
+            elif backbone is not None and hasattr(stage, "follow_backbone"):
+                stage.follow_backbone(*backbone)
 
     def describe(self) -> str:
         lines = [f"Pipeline: {self.name}"] + ([f"Description: {self.description}"] if self.description else [])

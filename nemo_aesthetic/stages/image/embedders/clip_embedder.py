@@ -49,11 +49,17 @@ class ImageEmbeddingStage(ProcessingStage):
     def setup_on_node(self, node_info=None, worker_metadata=None) -> None:
         CLIPImageEmbeddings.download_weights_on_node(self.model_dir)
 
-    def setup(self, worker_metadata=None) -> None:
+    def _model_options(self) -> dict:
         # Only what differs from the defaults, so a one-argument model double (as upstream's tests use) fits.
-        ours = {k: getattr(self, k) for k in _MODEL_OPTIONS
-                if getattr(self, k) != type(self).__dataclass_fields__[k].default}
-        self.model = CLIPImageEmbeddings(self.model_dir, **ours)
+        return {k: getattr(self, k) for k in _MODEL_OPTIONS if getattr(self, k) != type(self).__dataclass_fields__[k].default}
+
+    def backbone(self) -> tuple[str, int]:
+        """``(timm model name, embedding width)``, known without loading weights."""
+        embedder = CLIPImageEmbeddings(self.model_dir, **self._model_options()).embedder
+        return embedder.model_name, embedder.embedding_dim
+
+    def setup(self, worker_metadata=None) -> None:
+        self.model = CLIPImageEmbeddings(self.model_dir, **self._model_options())
         self.model.setup()
 
     def process(self, task: ImageBatch) -> ImageBatch:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nemo_aesthetic.image.classifiers.aesthetic import HEADS, resolve_head
 from nemo_aesthetic.models.aesthetics import AestheticScorer
 from nemo_aesthetic.stages.base import logger
 from nemo_aesthetic.stages.image.filters.base import BaseFilterStage
@@ -14,17 +15,29 @@ class ImageAestheticFilterStage(BaseFilterStage):
 
     Weights: see :class:`~nemo_aesthetic.models.aesthetics.AestheticScorer` (``model_dir`` in
     NeMo Curator 1.x's layout or holding ``sac+logos+ava1-l14-linearMSE.pth``, else
-    ``$NEMO_AESTHETIC_HOME``'s verified copy).
+    ``$NEMO_AESTHETIC_HOME``'s verified copy). Beyond upstream, ``head``: "v2" (default) or a
+    LAION-Aesthetics V1 head, "v1" taking the one of the pipeline's ImageEmbeddingStage backbone.
     """
 
     name: str = "image_aesthetic_filter"
+    head: str = "v2"
     score_attribute = "aesthetic_score"
 
     def setup_on_node(self, node_info=None, worker_metadata=None) -> None:
         AestheticScorer.download_weights_on_node(self.model_dir)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.concrete_head = resolve_head(self.head)
+
+    def follow_backbone(self, model_name: str, embedding_dim: int) -> None:
+        self.concrete_head = resolve_head(self.head, model_name)
+        self.expected_dim, self.expected_embeddings = HEADS[self.concrete_head][1:]
+        super().follow_backbone(model_name, embedding_dim)
+
     def setup(self, worker_metadata=None) -> None:
-        self.model = AestheticScorer(model_dir=self.model_dir)
+        head = {} if self.concrete_head == "v2" else {"head": self.concrete_head}  # upstream's call otherwise
+        self.model = AestheticScorer(model_dir=self.model_dir, **head)
         self.model.setup()
         if self.verbose:
             logger.info("Initialized aesthetic scoring model")

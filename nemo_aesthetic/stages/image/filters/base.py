@@ -24,6 +24,14 @@ class BaseFilterStage(ProcessingStage):
 
     score_attribute = "score"
     label = "Image"
+    expected_dim, expected_embeddings = 768, "OpenAI CLIP ViT-L/14"
+
+    def follow_backbone(self, model_name: str, embedding_dim: int) -> None:
+        """Called when the pipeline starts with the model of the ImageEmbeddingStage before this
+        one, so a head of the wrong width fails before any work."""
+        if embedding_dim != self.expected_dim:
+            raise ValueError(f"{type(self).__name__} expects {self.expected_dim}-d embeddings ({self.expected_embeddings} "
+                             f"image embeddings) but the ImageEmbeddingStage ({model_name}) gives {embedding_dim}-d ones")
 
     def report(self, message: str) -> None:
         """Verbose logging (subclasses log through their own module's logger, as upstream does)."""
