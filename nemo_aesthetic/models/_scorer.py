@@ -60,9 +60,9 @@ class EmbeddingScorer(ModelInterface):
                                             self.device)
 
     @classmethod
-    def download_weights_on_node(cls, model_dir: str | None) -> None:
+    def download_weights_on_node(cls, model_dir: str | None, **options) -> None:
         """Make sure the weights are on this node (downloads to the default location if needed)."""
-        scorer = cls(model_dir)
+        scorer = cls(model_dir, **options)
         if scorer.weights_path() is None:
             scorer.make_classifier(None)
 

@@ -23,8 +23,11 @@ class ImageAestheticFilterStage(BaseFilterStage):
     head: str = "v2"
     score_attribute = "aesthetic_score"
 
+    def _head(self) -> dict:
+        return {} if self.concrete_head == "v2" else {"head": self.concrete_head}  # else upstream's exact call
+
     def setup_on_node(self, node_info=None, worker_metadata=None) -> None:
-        AestheticScorer.download_weights_on_node(self.model_dir)
+        AestheticScorer.download_weights_on_node(self.model_dir, **self._head())
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -36,8 +39,7 @@ class ImageAestheticFilterStage(BaseFilterStage):
         super().follow_backbone(model_name, embedding_dim)
 
     def setup(self, worker_metadata=None) -> None:
-        head = {} if self.concrete_head == "v2" else {"head": self.concrete_head}  # upstream's call otherwise
-        self.model = AestheticScorer(model_dir=self.model_dir, **head)
+        self.model = AestheticScorer(model_dir=self.model_dir, **self._head())
         self.model.setup()
         if self.verbose:
             logger.info("Initialized aesthetic scoring model")
