@@ -5,7 +5,8 @@ import logging
 
 from nemo_aesthetic.cli import common
 from nemo_aesthetic.cli.cluster import dask_client
-from nemo_aesthetic.cli.options import LOCAL_CLUSTERS, SCORE_COLUMN, add_model_options, add_run_options
+from nemo_aesthetic.cli.options import (LOCAL_CLUSTERS, SCORE_COLUMN, add_head_option, add_model_options,
+                                        add_run_options)
 from nemo_aesthetic.report import error_groups  # the error grouping, shared with the HTML report
 
 logger = logging.getLogger("nemo_aesthetic.cli")
@@ -25,6 +26,7 @@ def add_parser(sub) -> None:
                             "'filter' needs the scored Parquet beside the tars, so score in place to filter)")
     score.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
     add_model_options(score, "default: 256 with --cluster gpu, else 8")
+    add_head_option(score, "the model's")
     add_run_options(score, "cpu")
     score.set_defaults(func=run, tiny=False)
 
@@ -38,7 +40,8 @@ def run(args) -> int:
     model, kwargs, pretrained, checkpoint = common.model_choice(args)
     aesthetic = common.check_weights(args, model, kwargs, pretrained, checkpoint, local)
     batch_size, threads = common.batch_and_threads(args)
-    embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, threads)
+    embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, threads,
+                                    common.concrete_head(args, model))
     out = args.out or args.path
     with dask_client(args.cluster, args.scheduler_file, args.workers, len(dataset.shards), args.quiet) as client:
         logger.info("scoring %d shard(s) of %s with %s", len(dataset.shards), args.path, model)
