@@ -211,3 +211,27 @@ def test_s3_and_a_local_cluster(tmp_path, weights_home, s3_endpoint, cpu_client)
             table = pq.read_table(f)
         assert table.column_names == ["caption", "aesthetic_score", "error"]
         np.testing.assert_allclose(table["aesthetic_score"].to_numpy(), reference(x), rtol=0, atol=1e-5)
+
+
+def test_empty_and_all_null_files_still_get_their_output(tmp_path, weights_home):
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    kind = pa.list_(pa.float32())
+    x = unit_rows(3).astype(np.float32)
+    parts = {"a": pa.array(list(x), kind), "b": pa.array([], kind), "c": pa.array([None, None], kind)}
+    for name, embedding in parts.items():
+        pq.write_table(pa.table({"key": [f"{name}{i}" for i in range(len(embedding))], "embedding": embedding}),
+                       emb / f"{name}.parquet")
+    summary = score_embeddings(str(emb), str(tmp_path / "out"), file_format="parquet")
+    assert summary["rows"] == 5 and summary["errors"] == {"embedding is null": 2}
+    tables = {n: pq.read_table(tmp_path / "out" / f"{n}.parquet") for n in parts}
+    assert all(t.column_names == ["key", "aesthetic_score", "error"] for t in tables.values())
+    assert [t.num_rows for t in tables.values()] == [3, 0, 2]
+    np.testing.assert_allclose(tables["a"]["aesthetic_score"].to_numpy(), reference(x), rtol=0, atol=1e-5)
+
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    np.save(npy / "empty.npy", np.zeros((0, 768), np.float16))
+    np.save(npy / "one.npy", unit_rows(1))
+    assert score_embeddings(str(npy), str(tmp_path / "out_npy"))["rows"] == 1
+    assert pq.read_table(tmp_path / "out_npy" / "empty.parquet").num_rows == 0
