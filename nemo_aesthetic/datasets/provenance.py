@@ -28,7 +28,9 @@ def source_of(fs, tar_files) -> str | None:
     tar = next((t for t in tar_files if t is not None), None)
     if tar is None:
         return None
-    return fs.unstrip_protocol(posixpath.dirname(tar))
+    directory = posixpath.dirname(tar)
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return directory if "file" in protocols else fs.unstrip_protocol(directory)
 
 
 def with_file_metadata(table, extra: dict[str, str]):
