@@ -180,8 +180,10 @@ def test_demo_tiny_scores_the_sample_dataset_on_a_local_cluster(tmp_path, hf_hom
     assert best["key"] in table[0]
     assert "16 images: 12 scored, 4 with errors" in proc.stdout
     assert "MEANINGLESS" in proc.stdout
-    # per-shard progress lines, forwarded from the worker process
+    # per-shard log lines, forwarded from the worker process
     assert "shard 00000:" in proc.stderr and "shard 00001:" in proc.stderr
+    # per-image progress, from the workers' progress events (stderr is not a terminal: lines)
+    assert "progress: 16/16 images (100.0%)" in proc.stderr and "2/2 shards" in proc.stderr, proc.stderr
 
 
 # ------------------------------------------------------------------------------------ score

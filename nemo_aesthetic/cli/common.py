@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from nemo_aesthetic.cli.console import shard_progress
+from nemo_aesthetic.cli.console import job_progress
 from nemo_aesthetic.cli.options import DEFAULT_MODEL, TINY_KWARGS, TINY_MODEL, UsageError
 from nemo_aesthetic.weights import WeightsUnavailableError
 
@@ -89,7 +89,7 @@ def run_and_save(dataset, embedder, out: str | None, client, quiet: bool,
     """Embed + score + save_metadata; returns the seconds it took."""
     scored = embedder(dataset)
     start = time.perf_counter()
-    with shard_progress(len(dataset.shards), quiet, wait_for_logs=client is not None):
+    with job_progress(dataset, client, quiet):
         scored.save_metadata(out, file_metadata=file_metadata)
     return time.perf_counter() - start
 

@@ -10,7 +10,8 @@ For each metadata partition, on the worker that holds it, :mod:`nemo_aesthetic.e
 
 Subclasses plug into the engine through :meth:`ImageEmbedder.iter_shard_items` (where samples
 come from), :meth:`ImageEmbedder.make_batch_preprocessor` (how a batch is decoded) and
-``_embed_partition``'s ``on_batch`` (progress after each model batch).
+``_embed_partition``'s ``on_batch`` (progress after each model batch; every shard also publishes
+its per-image progress as data, see :mod:`nemo_aesthetic.progress`).
 
 Every row comes out. A row whose image is missing, undecodable, too large, duplicated or in an
 unreadable tar keeps its metadata and gets a null embedding/score and a reason in ``error``.
@@ -39,6 +40,7 @@ from nemo_aesthetic.distributed import load_object_on_worker
 from nemo_aesthetic.engine import (BatchPreprocessor, SeenKeys, ShardColumns, default_device, embed_stream,
                                    make_forward, read_shard)
 from nemo_aesthetic.image.preprocess import DEFAULT_MAX_PIXELS
+from nemo_aesthetic.progress import ShardProgress
 
 logger = logging.getLogger(__name__)
 
@@ -134,13 +136,20 @@ class ImageEmbedder(ABC):
         start = time.perf_counter()
         run = ShardColumns(ids, self.embedding_dim, [name for name, _ in scorers])
         forward = make_forward(model, scorers, device, self.normalize_embeddings, self.autocast)
+        shard_progress = ShardProgress(shard_name, len(ids))  # per-image progress, as Dask events
+
+        def batch_done(batch):
+            shard_progress(batch)
+            if on_batch is not None:
+                on_batch(batch)
+
         if tar_path is None:
             run.tar_error = f"shard {shard_name} has no tar file"
         else:
             fs, _ = fsspec.core.url_to_fs(tar_path, **storage_options)
             payloads = run.payloads(self.iter_shard_items(fs, tar_path, run.seen))
             with self.make_batch_preprocessor(model, preprocess, device) as preprocessor:
-                for batch in embed_stream(payloads, preprocessor, forward, self.batch_size, run.fail, on_batch):
+                for batch in embed_stream(payloads, preprocessor, forward, self.batch_size, run.fail, batch_done):
                     run.add(batch)
         run.finish(posixpath.basename(tar_path or shard_name), statuses)
         elapsed = time.perf_counter() - start
@@ -150,6 +159,7 @@ class ImageEmbedder(ABC):
         if run.unmatched:
             logger.warning("shard %s: %d tar sample(s) have no metadata row and were not scored (e.g. %s)",
                            shard_name, run.unmatched, run.unmatched_examples)
+        shard_progress.finish()  # after the log lines: a watcher that saw it has seen them too
 
         out = df.drop(columns=[c for c in (self.image_embedding_column, ERROR_COLUMN, *run.scores)
                                if c in df.columns])
