@@ -72,7 +72,8 @@ def get_client(cluster_type: Literal["cpu", "gpu"] = "cpu", scheduler_address: s
             object) instead; the cluster options below are then unused.
         scheduler_file: connect using the JSON file ``dask scheduler --scheduler-file`` wrote.
         n_workers, threads_per_worker: size of a local CPU cluster (a GPU cluster has one
-            worker per visible GPU).
+            worker per visible GPU; there ``threads_per_worker=2`` runs two shards at a time per
+            GPU, so one shard's reading and decoding overlaps the other's forward passes).
         nvlink_only, protocol, rmm_pool_size, enable_spilling, set_torch_to_use_rmm, rmm_async,
             rmm_maximum_pool_size, rmm_managed_memory, rmm_release_threshold: GPU clusters only,
             with NeMo Curator's meanings and defaults (``enable_spilling`` is cuDF spilling,
@@ -95,6 +96,8 @@ def get_client(cluster_type: Literal["cpu", "gpu"] = "cpu", scheduler_address: s
                    "rmm_async": rmm_async, "rmm_maximum_pool_size": rmm_maximum_pool_size,
                    "rmm_managed_memory": rmm_managed_memory, "rmm_release_threshold": rmm_release_threshold}
     if cluster_type == "gpu":
+        if threads_per_worker != 1:
+            cluster_kwargs.setdefault("threads_per_worker", threads_per_worker)
         return _local_cuda_client(gpu_options, cluster_kwargs)
     ignored = {k: v for k, v in gpu_options.items() if v != GPU_ONLY_DEFAULTS[k]}
     ignored.update({k: cluster_kwargs.pop(k) for k in sorted(CUDA_CLUSTER_ONLY_KWARGS & set(cluster_kwargs))})

@@ -162,12 +162,12 @@ def _missing_message(spec: WeightsFile, path: str, directory: str, url: str, pro
     return "\n".join(line for line in lines if line)
 
 
-def resolve_aesthetic_weights(path: str | None = None) -> str:
-    """The LAION aesthetic predictor file: ``path`` if given (it must be a file), else the cache's."""
+def resolve_aesthetic_weights(path: str | None = None, spec: WeightsFile = AESTHETIC_WEIGHTS) -> str:
+    """The LAION aesthetic predictor file (``spec``: v2, or a V1 head): ``path`` if given (it must
+    be a file), else the cache's."""
     if path is not None and os.path.isdir(path):
-        raise ValueError(f"--aesthetic-weights is a directory, expected the file "
-                         f"{AESTHETIC_WEIGHTS.filename}: {path}")
-    return resolve_weights(AESTHETIC_WEIGHTS, path)
+        raise ValueError(f"--aesthetic-weights is a directory, expected the file {spec.filename}: {path}")
+    return resolve_weights(spec, path)
 
 
 def hf_cache_dir() -> str:

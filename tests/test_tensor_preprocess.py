@@ -6,6 +6,7 @@ same batched ``decode_jpeg(list)`` call. What differs from the reference is the 
 """
 import io
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -104,8 +105,9 @@ def test_batch_gives_each_image_the_pil_paths_outcome_and_close_pixels(tiny_mode
             reference.append(pil(data))
         except ImageDecodeError as exc:
             reference.append(exc)
-    batcher = TensorBatchPreprocessor(tiny_model, "cpu", max_pixels=5_000_000, threads=2)
-    batch = batcher(payloads)
+    batcher = TensorBatchPreprocessor(tiny_model, "cpu", max_pixels=5_000_000)
+    with ThreadPoolExecutor(2) as pil_pool:
+        batch = batcher(payloads, pil_pool)
     got = batch.per_payload(len(payloads))
     assert dict(zip(names, outcomes(got))) == dict(zip(names, outcomes(reference)))
     assert outcomes(got).count("ok") == 11  # the corpus is not all failures
@@ -122,7 +124,6 @@ def test_batch_gives_each_image_the_pil_paths_outcome_and_close_pixels(tiny_mode
     # Through PIL (CMYK, PNG, progressive): the very pixels of the reference's decode.
     for name in ("cmyk", "png", "photo_progressive", "truncated_with_eoi"):
         assert worst[name][0] < 0.01, (name, worst[name])
-    batcher.close()
 
 
 def test_batch_equals_timm_transform_applied_image_by_image(tiny_model):
@@ -137,7 +138,7 @@ def test_batch_equals_timm_transform_applied_image_by_image(tiny_model):
         x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         x = steps[1](steps[0](x)).float() / 255.0
         expected.append(steps[3](x))
-    batch = TensorBatchPreprocessor(tiny_model, "cpu", threads=0)(payloads)
+    batch = TensorBatchPreprocessor(tiny_model, "cpu")(payloads)
     assert batch.rows == [0, 1, 2, 3] and not batch.failures
     torch.testing.assert_close(batch.images, torch.stack(expected), atol=2e-6, rtol=0)
 
@@ -154,7 +155,7 @@ def test_one_decode_call_per_batch_and_a_refused_image_does_not_fail_it(tiny_mod
 
     monkeypatch.setattr(torchvision.io, "decode_jpeg", spy)
     good = [web_photo(20 + i, long_side=(640, 900)) for i in range(5)]
-    batcher = TensorBatchPreprocessor(tiny_model, "cpu", threads=1)
+    batcher = TensorBatchPreprocessor(tiny_model, "cpu")
     batcher(good)
     assert calls == [5]  # the whole batch in one call
     calls.clear()
@@ -226,6 +227,36 @@ def test_embedder_decode_tensor_equals_pil_rows_and_close_embeddings(tmp_path, t
     assert cosine.min() > 0.999, cosine
     with pytest.raises(ValueError, match="decode"):
         TimmImageEmbedder(TINY_MODEL, model_kwargs=TINY_KWARGS, decode="nvjpeg")
+
+
+def test_two_shards_at_a_time_on_the_tensor_path_give_the_rows_of_one_at_a_time(tmp_path, tiny_model):
+    """A GPU worker with two threads runs two shards at once through one cached model and batcher
+    (one shard reading and decoding while the other's batches are in the model): each row still
+    gets its own image's embedding, and batches never mix shards' rows."""
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(tiny_model.state_dict(), ckpt)
+    expected = write_img2dataset(tmp_path / "ds", n_shards=4, rows_per_shard=9, image_size=(200, 150))
+    emb = TimmImageEmbedder(TINY_MODEL, model_kwargs=TINY_KWARGS, checkpoint_path=str(ckpt), batch_size=4,
+                            decode="tensor", num_threads_per_worker=2)
+    runs = {}
+    for scheduler, workers in (("sync", 1), ("threads", 2)):
+        ds = ImageTextPairDataset.from_webdataset(str(tmp_path / "ds"))
+        df = emb(ds).metadata.compute(scheduler=scheduler, num_workers=workers)
+        runs[scheduler] = df.sort_values("key").reset_index(drop=True)
+    a, b = runs["sync"], runs["threads"]
+    assert a["error"].fillna("").tolist() == b["error"].fillna("").tolist()
+    (ea, va), (eb, vb) = embeddings_to_matrix(a["image_embedding"]), embeddings_to_matrix(b["image_embedding"])
+    assert (va == vb).all() and va.sum() == sum(e["status"] == "success" for e in expected.values())
+    np.testing.assert_allclose(ea[va], eb[vb], atol=1e-5)
+
+
+def test_batch_size_default_follows_the_device():
+    emb = TimmImageEmbedder(TINY_MODEL, model_kwargs=TINY_KWARGS)
+    assert emb.batch_size is None and emb.batch_size_on("cuda") == 256 and emb.batch_size_on("cuda:1") == 256
+    assert emb.batch_size_on("cpu") == 1
+    assert TimmImageEmbedder(TINY_MODEL, model_kwargs=TINY_KWARGS, batch_size=8).batch_size_on("cuda") == 8
+    with pytest.raises(ValueError, match="batch_size"):
+        TimmImageEmbedder(TINY_MODEL, model_kwargs=TINY_KWARGS, batch_size=0)
 
 
 class _GpuMemoryBound(torch.nn.Module):

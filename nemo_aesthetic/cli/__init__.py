@@ -1,16 +1,18 @@
-"""The ``nemo-aesthetic`` command: ``demo``, ``score``, ``filter`` and ``report``.
+"""The ``nemo-aesthetic`` command: ``demo``, ``score``, ``filter``, ``report`` and ``score-embeddings``.
 
     nemo-aesthetic demo                       build a sample dataset, score it, print a ranked table
     nemo-aesthetic score PATH                 embed + score an img2dataset/WebDataset directory
     nemo-aesthetic filter PATH --threshold T --out DIR   keep rows with aesthetic_score >= T
     nemo-aesthetic report PATH --out report.html        HTML report: histogram, best/worst images, errors
+    nemo-aesthetic score-embeddings SRC --out DST       score precomputed CLIP embeddings (.npy / Parquet)
 
 Errors a user can fix (a wrong path, a missing weights file, a bad option) are printed as a
 message on stderr with exit code 2 and no traceback. Per-shard progress comes from the
 library's ``nemo_aesthetic`` logger (forwarded from the Dask workers) on stderr; ``--quiet``
 silences it and the progress bar.
 
-One module per command (:mod:`.score`, :mod:`.filter`, :mod:`.report`, :mod:`.demo`, each with
+One module per command (:mod:`.score`, :mod:`.filter`, :mod:`.report`, :mod:`.demo`,
+:mod:`.score_embeddings`, each with
 ``add_parser`` and ``run``); :mod:`.options` holds the shared option groups, :mod:`.console` the
 log lines and progress bar, :mod:`.cluster` the Dask client, :mod:`.common` the steps several
 commands take. What is known about weights files lives in :mod:`nemo_aesthetic.weights`.
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import sys
 
-from nemo_aesthetic.cli import demo, filter, report, score
+from nemo_aesthetic.cli import demo, filter, report, score, score_embeddings
 from nemo_aesthetic.cli.console import cli_logging
 from nemo_aesthetic.cli.options import DEFAULT_MODEL, PROG, TINY_KWARGS, TINY_MODEL, Parser, UsageError
 from nemo_aesthetic.weights import WeightsUnavailableError
@@ -29,7 +31,7 @@ __all__ = ["main", "build_parser", "UsageError", "WeightsUnavailableError", "DEF
            "TINY_KWARGS", "PROG"]
 
 #: The commands, in the order ``--help`` lists them.
-COMMANDS = (demo, score, filter, report)
+COMMANDS = (demo, score, filter, report, score_embeddings)
 
 
 def build_parser() -> Parser:

@@ -18,18 +18,27 @@ def model_choice(args) -> tuple[str, dict, bool, str | None]:
     return name, kwargs, pretrained, checkpoint
 
 
+def concrete_head(args, model: str) -> str:
+    """The aesthetic head ``--head`` means after ``model`` ("v1" follows the backbone)."""
+    from nemo_aesthetic.image.classifiers.aesthetic import resolve_head
+
+    return resolve_head(getattr(args, "head", "v2"), model)
+
+
 def check_weights(args, model: str, kwargs: dict, pretrained: bool, checkpoint: str | None,
                   local: bool) -> str:
-    """Resolve the aesthetic weights and check the CLIP weights; report every missing file at once.
+    """Resolve the aesthetic weights (of ``--head``) and check the CLIP weights; report every
+    missing file at once.
 
     ``local``: the workers share this machine's files, so the CLIP weights can be checked here;
     on a remote cluster they are the workers' business.
     """
+    from nemo_aesthetic.image.classifiers.aesthetic import HEADS
     from nemo_aesthetic.weights import check_checkpoint, check_clip_weights, resolve_aesthetic_weights
 
     problems, aesthetic, clip_missing = [], None, False
     try:
-        aesthetic = resolve_aesthetic_weights(args.aesthetic_weights)
+        aesthetic = resolve_aesthetic_weights(args.aesthetic_weights, HEADS[concrete_head(args, model)][0])
     except WeightsUnavailableError as exc:
         problems.append(str(exc))
     if checkpoint is not None:
@@ -75,13 +84,13 @@ TINY_NOTE = ("scored with --tiny: a tiny RANDOMLY INITIALISED model, not CLIP; t
 
 
 def make_embedder(model: str, kwargs: dict, pretrained: bool, checkpoint: str | None, aesthetic: str,
-                  batch_size: int, threads: int):
+                  batch_size: int, threads: int, head: str = "v2"):
     from nemo_aesthetic.image.classifiers import AestheticClassifier
     from nemo_aesthetic.image.embedders import TimmImageEmbedder
 
     return TimmImageEmbedder(model, pretrained=pretrained, checkpoint_path=checkpoint, model_kwargs=kwargs,
                              batch_size=batch_size, num_threads_per_worker=threads,
-                             classifiers=[AestheticClassifier(model_path=aesthetic)])
+                             classifiers=[AestheticClassifier(model_path=aesthetic, head=head)])
 
 
 def run_and_save(dataset, embedder, out: str | None, client, quiet: bool,

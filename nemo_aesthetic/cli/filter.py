@@ -1,4 +1,6 @@
-"""``nemo-aesthetic filter PATH --threshold T --out DIR``: a new WebDataset of the rows scoring >= T."""
+"""``nemo-aesthetic filter PATH --threshold T | --top-percent P | --top-k N --out DIR``: a new WebDataset
+of the rows scoring >= T, or of the best P % / N rows of the whole dataset (exact, computed on Dask
+by ``ImageTextPairDataset.select_top`` without gathering the scores in one place)."""
 from __future__ import annotations
 
 import contextlib
@@ -14,12 +16,17 @@ logger = logging.getLogger("nemo_aesthetic.cli")
 
 def add_parser(sub) -> None:
     filt = sub.add_parser(
-        "filter", help="write a new WebDataset with the rows whose aesthetic_score >= T",
-        description="Write the samples of PATH whose aesthetic_score >= THRESHOLD as a new, resharded "
-                    "WebDataset in --out (tars + Parquet, new keys). PATH's metadata must already have "
-                    "aesthetic_score (run 'score' first, in place). Rows without a score are not kept.")
+        "filter", help="write a new WebDataset with the rows whose aesthetic_score >= T, or the top P %% / N",
+        description="Write the samples of PATH whose aesthetic_score >= THRESHOLD, or the best --top-percent P "
+                    "%% (of the scored rows, rounded up) or --top-k N rows of the whole dataset, as a new, "
+                    "resharded WebDataset in --out (tars + Parquet, new keys). PATH's metadata must already have "
+                    "aesthetic_score (run 'score' first, in place). Rows without a score are not kept; of rows "
+                    "tied at the cut, the first in shard order are kept, so exactly N rows are selected.")
     filt.add_argument("path", metavar="PATH", help="scored dataset directory (tars + Parquet with aesthetic_score)")
-    filt.add_argument("--threshold", metavar="T", type=float, required=True, help="keep rows with score >= T")
+    how = filt.add_mutually_exclusive_group(required=True)
+    how.add_argument("--threshold", metavar="T", type=float, help="keep rows with score >= T")
+    how.add_argument("--top-percent", metavar="P", type=_percent, help="keep the best P %% of the scored rows")
+    how.add_argument("--top-k", metavar="N", type=positive_int, help="keep the best N rows")
     filt.add_argument("--out", metavar="DIR", required=True, help="output directory (not PATH)")
     filt.add_argument("--mode", choices=("error", "overwrite", "resume"), default="error",
                       help="if --out already holds shards: error (default), overwrite them, or resume an "
@@ -29,6 +36,18 @@ def add_parser(sub) -> None:
     filt.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
     add_quiet_option(filt, "no log lines and no progress bar")
     filt.set_defaults(func=run)
+
+
+def _percent(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"must be within (0, 100], got {value:g}")
+    return value
 
 
 def run(args) -> int:
@@ -46,9 +65,14 @@ def run(args) -> int:
         raise UsageError(f"{args.path} has metadata but no tar files; run filter on the directory that holds "
                          "the tars and the scored Parquet (score in place, without --out)")
     _check_out(args)
-    meta = dataset.metadata
-    score = meta[SCORE_COLUMN]
-    dataset.metadata = meta.assign(**{FILTER_COLUMN: (score >= args.threshold).fillna(False)})
+    score = dataset.metadata[SCORE_COLUMN]
+    if args.threshold is None:
+        selected = dataset.select_top(args.top_percent, args.top_k, SCORE_COLUMN, FILTER_COLUMN)
+        rule = (f"top {args.top_percent:g} %" if args.top_k is None else f"top {args.top_k}") + (
+            f", score >= {selected['threshold']:.4f}" if selected["threshold"] is not None else "")
+    else:
+        dataset.metadata = dataset.metadata.assign(**{FILTER_COLUMN: (score >= args.threshold).fillna(False)})
+        rule = f"score >= {args.threshold:g}"
     context = contextlib.nullcontext()
     if not args.quiet and sys.stderr.isatty():
         from dask.diagnostics import ProgressBar
@@ -56,22 +80,21 @@ def run(args) -> int:
         context = ProgressBar(out=sys.stderr)
     with context:
         rows, kept_rows, missing_scores = dask.compute(
-            score.size, (score >= args.threshold).sum(), score.isna().sum())
-        logger.info("writing the %d row(s) with %s >= %g to %s", int(kept_rows), SCORE_COLUMN, args.threshold,
-                    args.out)
+            score.size, dataset.metadata[FILTER_COLUMN].sum(), score.isna().sum())
+        logger.info("writing the %d row(s) with %s to %s", int(kept_rows), rule, args.out)
         result = dataset.to_webdataset(args.out, FILTER_COLUMN, samples_per_shard=args.samples_per_shard,
                                        mode=args.mode)
     rows, kept_rows, missing_scores = int(rows), int(kept_rows), int(missing_scores)
     dropped = rows - kept_rows - missing_scores
-    print(f"rows: {rows}   kept: {result['written']} (score >= {args.threshold:g})   dropped: {dropped} "
-          f"(score < {args.threshold:g})   missing: {missing_scores} (no score)")
+    print(f"rows: {rows}   kept: {result['written']} ({rule})   dropped: {dropped} (below)   "
+          f"missing: {missing_scores} (no score)")
     if result["missing"]:
         print(f"  {len(result['missing'])} kept row(s) had no image in their tar and were not written, "
               f"e.g. {result['missing'][:3]}")
     if result["shards"]:
         print(f"wrote {result['written']} samples in {result['shards']} shard(s) to {args.out}")
     else:
-        print(f"no row has {SCORE_COLUMN} >= {args.threshold:g}: nothing written to {args.out}")
+        print(f"no row is kept ({rule}): nothing written to {args.out}")
     return 0
 
 

@@ -63,7 +63,8 @@ def add_model_options(p: argparse.ArgumentParser, batch_default_help: str) -> No
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="NAME", default=None,
                    help=f"timm model name with its pretrained tag (default: {DEFAULT_MODEL}, the CLIP "
-                        "ViT-L/14 the aesthetic predictor was trained on; any model must give 768-d embeddings)")
+                        "ViT-L/14 the aesthetic predictor was trained on; with --head v1 also OpenAI CLIP "
+                        "ViT-B/16 or ViT-B/32, e.g. vit_base_patch32_clip_224.openai)")
     g.add_argument("--clip-checkpoint", metavar="PATH", default=None,
                    help="local weights file for the CLIP model (a timm state dict, .pth/.bin/.safetensors), "
                         "loaded with pretrained=False instead of the Hugging Face hub")
@@ -75,6 +76,17 @@ def add_model_options(p: argparse.ArgumentParser, batch_default_help: str) -> No
                         "$NEMO_AESTHETIC_HOME, else ~/.cache/nemo_aesthetic, downloaded there if absent and online)")
     g.add_argument("--batch-size", metavar="N", type=positive_int, default=None,
                    help=f"images per forward pass ({batch_default_help})")
+
+
+HEAD_CHOICES = ("v2", "v1", "v1-l14", "v1-b16", "v1-b32")  # = image.classifiers.aesthetic.HEAD_CHOICES
+
+
+def add_head_option(p: argparse.ArgumentParser, backbone: str) -> None:
+    p.add_argument("--head", choices=HEAD_CHOICES, default="v2",
+                   help="aesthetic head: v2, the LAION improved aesthetic predictor (default; CLIP ViT-L/14), or "
+                        f"LAION-Aesthetics V1, a linear head per OpenAI CLIP backbone: v1 takes {backbone} "
+                        "(ViT-L/14, B/16 or B/32), v1-l14 / v1-b16 / v1-b32 choose one; --aesthetic-weights "
+                        "then names that head's file")
 
 
 def add_run_options(p: argparse.ArgumentParser, cluster_default: str) -> None:

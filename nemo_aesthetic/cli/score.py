@@ -7,8 +7,8 @@ import tempfile
 
 from nemo_aesthetic.cli import common
 from nemo_aesthetic.cli.cluster import dask_client
-from nemo_aesthetic.cli.options import (LOCAL_CLUSTERS, SCORE_COLUMN, UsageError, add_model_options,
-                                        add_run_options)
+from nemo_aesthetic.cli.options import (LOCAL_CLUSTERS, SCORE_COLUMN, UsageError, add_head_option,
+                                        add_model_options, add_run_options)
 from nemo_aesthetic.report import error_groups  # the error grouping, shared with the HTML report
 
 logger = logging.getLogger("nemo_aesthetic.cli")
@@ -32,6 +32,7 @@ def add_parser(sub) -> None:
                             "(and say so: in the summary, the Parquet metadata and any report)")
     score.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
     add_model_options(score, "default: 64 with --cluster gpu, else 8")
+    add_head_option(score, "the model's")
     add_run_options(score, "cpu")
     score.set_defaults(func=run)
 
@@ -55,7 +56,8 @@ def run(args) -> int:
         if args.tiny and checkpoint is None:
             checkpoint = common.save_tiny_checkpoint(model, kwargs, os.path.join(tmp, "tiny-random-clip.pth"))
             pretrained = False
-        embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, args.threads)
+        embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, args.threads,
+                                        common.concrete_head(args, model))
         with dask_client(args.cluster, args.scheduler_file, args.workers, len(dataset.shards),
                          args.quiet) as client:
             logger.info("scoring %d shard(s) of %s with %s", len(dataset.shards), args.path, model)

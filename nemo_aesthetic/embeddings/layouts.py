@@ -10,14 +10,17 @@ The layouts are the ones clip-retrieval writes and ``embedding_reader.EmbeddingR
 Files are found like embedding-reader finds them (``<folder>/**/*.<ext>``, recursively, sorted by
 path), so "input order" means the same thing to both. Planning reads only headers (``.npy``
 headers, Parquet footers), in a thread pool, so every file's width and row count is checked before
-any work is scheduled. Rows are streamed in fixed-size batches read straight into one reusable
-buffer: a worker's memory is bounded by the batch, not by the file. (Not ``np.load(mmap_mode=)``:
-pages of a mapped file that were touched count in the process's RSS until unmapped, and Dask pauses
-or restarts workers by RSS, so mapping a 1.5 GB file would look like a 1.5 GB worker.)
+any work is scheduled. Rows are streamed in fixed-size batches, each memory-mapped on its own
+(local files) or read into a few reused buffers (object stores), one batch read ahead while the
+previous one is scored: a worker's memory is bounded by the batches in flight, not by the file. (Not one ``np.load(mmap_mode="r")`` per file: the touched pages of a
+mapping count in the process's RSS until it is unmapped, and Dask pauses or restarts workers by
+RSS, so mapping a whole 1.5 GB file would look like a 1.5 GB worker.)
 """
 from __future__ import annotations
 
 import dataclasses
+import mmap
+import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
@@ -25,6 +28,8 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from nemo_aesthetic.atomic import is_local
 
 FORMATS = ("npy", "parquet_npy", "parquet")
 
@@ -87,11 +92,15 @@ def _npy_file(fs, path: str, name: str) -> EmbeddingFile:
                            else np.lib.format.read_array_header_2_0)
             shape, fortran, dtype = read_header(f)
             offset = f.tell()
+            size = f.size
     except Exception as exc:
         raise EmbeddingFileError(f"cannot read {path} as a .npy file: {type(exc).__name__}: {exc}") from exc
     if len(shape) != 2 or fortran or dtype.kind != "f":
         raise EmbeddingFileError(f"{path} holds a {dtype} array of shape {shape}"
                                  f"{' in Fortran order' if fortran else ''}; expected (rows, dim) of float16/32")
+    row_bytes = shape[1] * dtype.itemsize
+    if offset + shape[0] * row_bytes > size:
+        _truncated(path, shape[0], (size - offset) // max(row_bytes, 1))
     return EmbeddingFile(path, name, int(shape[0]), int(shape[1]), dtype.str, offset)
 
 
@@ -143,25 +152,50 @@ def _pair_metadata(files: list[EmbeddingFile], metadata_fs, metadata_root, pool)
 
 
 # --------------------------------------------------------------------------- rows
-def iter_npy_rows(fs, file: EmbeddingFile, start: int, stop: int, batch_rows: int) -> Iterator[np.ndarray]:
-    """Rows ``start..stop`` of a .npy file in batches of at most ``batch_rows``, read into one
-    reused buffer (each yielded array is only valid until the next one is read)."""
+def iter_npy_rows(fs, file: EmbeddingFile, start: int, stop: int, batch_rows: int,
+                  buffers: int = 3) -> Iterator[np.ndarray]:
+    """Rows ``start..stop`` of a .npy file in batches of at most ``batch_rows``.
+
+    Local files: each batch is its own read-only memory map, pre-faulted (``MAP_POPULATE``) by
+    whichever thread runs this generator and unmapped when dropped (no copy; resident memory stays
+    at the batches alive). Other filesystems: each batch is one ranged read into one of
+    ``buffers`` rotating buffers, so a consumer running this generator ahead of itself (a
+    :func:`~nemo_aesthetic.prefetch.prefetch` of depth ``buffers - 2``) never sees one overwritten.
+    """
     dtype = np.dtype(file.dtype)
-    buffer = np.empty((min(batch_rows, max(stop - start, 1)), file.dim), dtype)
+    row_bytes = file.dim * dtype.itemsize
+    if is_local(fs):
+        with open(file.path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            for first in range(start, stop, batch_rows):
+                n = min(batch_rows, stop - first)
+                begin = file.header_offset + first * row_bytes
+                if begin + n * row_bytes > size:
+                    _truncated(file.path, file.count, (size - file.header_offset) // row_bytes)
+                aligned = begin - begin % mmap.ALLOCATIONGRANULARITY
+                mapped = mmap.mmap(fh.fileno(), begin - aligned + n * row_bytes, offset=aligned,
+                                   flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
+                yield np.frombuffer(mapped, dtype, n * file.dim, begin - aligned).reshape(n, file.dim)
+        return
+    ring = [np.empty((min(batch_rows, max(stop - start, 1)), file.dim), dtype) for _ in range(buffers)]
     # No read-ahead cache: every read is one large request into our buffer.
     with fs.open(file.path, "rb", cache_type="none") as f:
-        f.seek(file.header_offset + start * file.dim * dtype.itemsize)
-        for first in range(start, stop, batch_rows):
-            rows = buffer[:min(batch_rows, stop - first)]
+        f.seek(file.header_offset + start * row_bytes)
+        for i, first in enumerate(range(start, stop, batch_rows)):
+            rows = ring[i % buffers][:min(batch_rows, stop - first)]
             view = memoryview(rows.reshape(-1).view(np.uint8))
             got = 0
             while got < len(view):
                 n = f.readinto(view[got:])
                 if not n:
-                    raise EmbeddingFileError(f"{file.path} is truncated: its header promises {file.count} rows "
-                                             f"but the data ends inside row {first + got // (file.dim * dtype.itemsize)}")
+                    _truncated(file.path, file.count, first + got // row_bytes)
                 got += n
             yield rows
+
+
+def _truncated(path: str, count: int, row: int):
+    raise EmbeddingFileError(f"{path} is truncated: its header promises {count} rows but the data ends "
+                             f"inside row {row}")
 
 
 def iter_parquet_rows(fs, file: EmbeddingFile, column: str, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -30,6 +30,7 @@ from nemo_aesthetic.embeddings.layouts import (
     iter_parquet_rows,
     plan_files,
 )
+from nemo_aesthetic.prefetch import prefetch
 
 logger = logging.getLogger(__name__)
 
@@ -146,19 +147,18 @@ def _score_rows(fs, file: EmbeddingFile, start: int, stop: int, classifier, embe
     scores = np.empty(stop - start, np.float32)
     codes = np.zeros(stop - start, np.uint8)
     began = time.perf_counter()
+    # Read one batch ahead on a second thread: reading (I/O, page faults) overlaps scoring.
     if file.dtype is not None:  # .npy
-        batches = ((rows, None) for rows in iter_npy_rows(fs, file, start, stop, batch_rows))
+        batches = prefetch(((rows, None) for rows in iter_npy_rows(fs, file, start, stop, batch_rows)), depth=1)
     else:
-        batches = iter_parquet_rows(fs, file, embedding_column, batch_rows)
+        batches = prefetch(iter_parquet_rows(fs, file, embedding_column, batch_rows), depth=1)
     at = 0
+    block = torch.empty(0)
     with torch.inference_mode():
         zero_score = float(scorer(torch.zeros(1, file.dim, device=device)).item())
         for rows, valid in batches:
             n = len(rows)
-            with warnings.catch_warnings():  # a zero-copy Arrow buffer is read-only; we only read it
-                warnings.simplefilter("ignore", UserWarning)
-                x = torch.from_numpy(rows).to(device=device, dtype=torch.float32)
-            s = scorer(x).float().cpu().numpy().reshape(-1)
+            s, block = _score_batch(rows, scorer, device, block)
             scores[at:at + n] = s
             chunk = codes[at:at + n]
             chunk[~np.isfinite(s)] = 2
@@ -174,6 +174,33 @@ def _score_rows(fs, file: EmbeddingFile, start: int, stop: int, classifier, embe
     logger.info("%s rows %d-%d: %d scored, %d not, %.0f rows/s", file.path, start, stop, int((codes == 0).sum()),
                 int((codes != 0).sum()), (stop - start) / elapsed if elapsed > 0 else 0.0)
     return scores, codes
+
+
+#: Rows widened to float32 and scored at a time on CPU: a float32 block this size (6 MiB) stays
+#: in cache between the conversion and the mat-vec, so float16 input costs one pass over memory.
+CPU_BLOCK_ROWS = 2048
+
+
+def _score_batch(rows: np.ndarray, scorer, device: str, block):
+    """float32 scores of one batch; ``block`` is a reused float32 buffer (returned, maybe grown)."""
+    import torch
+
+    with warnings.catch_warnings():  # memory maps and Arrow buffers are read-only; we only read them
+        warnings.simplefilter("ignore", UserWarning)
+        x = torch.from_numpy(rows)
+    if device != "cpu":
+        return scorer(x.to(device).float()).float().cpu().numpy().reshape(-1), block
+    if x.dtype == torch.float32:
+        return scorer(x).float().numpy().reshape(-1), block
+    if block.shape != (CPU_BLOCK_ROWS, x.shape[1]):
+        block = torch.empty(CPU_BLOCK_ROWS, x.shape[1])
+    out = np.empty(len(x), np.float32)
+    for start in range(0, len(x), CPU_BLOCK_ROWS):
+        part = x[start:start + CPU_BLOCK_ROWS]
+        widened = block[:len(part)]
+        widened.copy_(part)
+        out[start:start + len(part)] = scorer(widened).numpy().reshape(-1)
+    return out, block
 
 
 def _write_scores(parts, file: EmbeddingFile, source, columns, embedding_column: str, out_fs, target: str,

@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from nemo_aesthetic.engine import BatchPreprocessor
 from nemo_aesthetic.image.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
@@ -149,13 +150,13 @@ class PreparedBatch:
 class TensorBatchPreprocessor:
     """``payloads -> PreparedBatch`` on ``device``: batched ``decode_jpeg`` + batched timm transforms.
 
-    ``threads`` threads decode the payloads that need PIL (they run while the device decodes the
-    rest; ``threads=0`` decodes them on the calling thread). Mean/std live on the device from construction on; each call enqueues device work on the
-    calling thread's current stream and returns without waiting for it.
+    Holds only constants (mean/std on the device, created once), so one instance per worker
+    serves every shard and thread. Each call enqueues its device work on the calling thread's
+    current stream and returns without waiting for the device. The payloads that need PIL are
+    decoded in ``pil_pool`` (while the device decodes the rest), or on the calling thread.
     """
 
-    def __init__(self, model, device: str, max_pixels: int = DEFAULT_MAX_PIXELS, threads: int = 4,
-                 dtype=None):
+    def __init__(self, model, device: str, max_pixels: int = DEFAULT_MAX_PIXELS, dtype=None):
         import torch
 
         self.device = torch.device(device)
@@ -171,10 +172,9 @@ class TensorBatchPreprocessor:
         self.scale = (1.0 / (255.0 * std)).to(self.device)
         self.shift = (-mean / std).to(self.device)
         self.check_resize = resize_guard(cpu_transform(model), max_pixels)
-        self.threads = max(0, threads)
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="pil-decode") if threads > 0 else None
 
-    def __call__(self, payloads: list[bytes]) -> PreparedBatch:
+    def __call__(self, payloads: list[bytes], pil_pool: ThreadPoolExecutor | None = None,
+                 dtype=None) -> PreparedBatch:
         import torch
 
         failures: dict[int, ImageDecodeError] = {}
@@ -190,13 +190,19 @@ class TensorBatchPreprocessor:
                 failures[row] = exc
                 continue
             (gray_rows if header.components == 1 else jpeg_rows).append(row)
-        pending = {row: self._submit_pil(payloads[row]) for row in pil_rows}
+
+        def submit(data: bytes) -> Callable[[], object]:
+            if pil_pool is None:
+                return lambda: self._pil_decode(data)
+            return pil_pool.submit(self._pil_decode, data).result
+
+        pending = {row: submit(payloads[row]) for row in pil_rows}
         images: dict[int, object] = {}
         with torch.inference_mode():
             for rows, gray in ((jpeg_rows, False), (gray_rows, True)):
                 for row, image in zip(rows, self._decode_jpegs([payloads[r] for r in rows], gray)):
                     if image is None:  # refused by decode_jpeg: PIL decodes it or says why
-                        pending[row] = self._submit_pil(payloads[row])
+                        pending[row] = submit(payloads[row])
                     else:
                         images[row] = image
             for row, wait in pending.items():
@@ -206,7 +212,7 @@ class TensorBatchPreprocessor:
                     images[row] = image
                 except ImageDecodeError as exc:
                     failures[row] = exc
-            batch, rows = self._transform(images, failures)
+            batch, rows = self._transform(images, failures, dtype or self.dtype)
         return PreparedBatch(batch, rows, failures)
 
     def _check_size(self, width: int, height: int) -> None:
@@ -247,15 +253,7 @@ class TensorBatchPreprocessor:
         image = torch.from_numpy(np.array(decode_image(data, self.max_pixels), dtype=np.uint8))
         return image.pin_memory() if self.cuda else image
 
-    def _submit_pil(self, data: bytes) -> Callable[[], object]:
-        """Start :meth:`_pil_decode` in the pool (inline when ``threads=0``); returns its ``wait()``."""
-        if self._pool is None:
-            def wait(data=data):
-                return self._pil_decode(data)
-            return wait
-        return self._pool.submit(self._pil_decode, data).result
-
-    def _transform(self, images: dict, failures: dict) -> tuple[object, list[int]]:
+    def _transform(self, images: dict, failures: dict, dtype) -> tuple[object, list[int]]:
         """``(batch, rows)``: each group of equally sized images resized and cropped in one call,
         then the batch normalised in one multiply-add."""
         import torch
@@ -277,23 +275,78 @@ class TensorBatchPreprocessor:
         if not rows:
             return None, rows
         batch = torch.stack([out[r] for r in rows]).to(torch.float32)
-        return batch.mul_(self.scale).add_(self.shift).to(self.dtype), rows
+        return batch.mul_(self.scale).add_(self.shift).to(dtype), rows
+
+class DeviceBatchPreprocessor(BatchPreprocessor):
+    """The engine's decode step on the tensor path: each batch goes whole to a
+    :class:`TensorBatchPreprocessor` on one background thread, so batch N+1 is decoded while the
+    model runs on batch N.
+
+    On CUDA that thread works on its own CUDA stream: its decode, resize and normalise kernels run
+    beside the forward pass instead of queueing behind it. ``wait()`` (called on the model's thread)
+    makes the model's stream wait for the batch's event on the device - the host does not block -
+    and marks the batch as used by that stream so its memory is not recycled too early. Payloads
+    that need PIL are decoded by ``threads`` threads.
+    """
+
+    def __init__(self, batcher: TensorBatchPreprocessor, threads: int = 4, dtype=None):
+        import torch
+
+        super().__init__(per_image=None, threads=threads)
+        self.batcher = batcher
+        self.dtype = dtype
+        self._prep = ThreadPoolExecutor(1, thread_name_prefix="device-prep")
+        self._pil = ThreadPoolExecutor(self.threads, thread_name_prefix="pil-decode")
+        self._stream = torch.cuda.Stream(batcher.device) if batcher.cuda else None
+
+    def start(self, payloads: list[bytes]) -> Callable[[], list]:
+        import torch
+
+        future = self._prep.submit(self._prepare, list(payloads))
+
+        def wait() -> list:
+            batch, ready = future.result()
+            if ready is not None:
+                consumer = torch.cuda.current_stream(self.batcher.device)
+                consumer.wait_event(ready)
+                if batch.images is not None:
+                    batch.images.record_stream(consumer)
+            return batch.per_payload(len(payloads))
+
+        return wait
+
+    def _prepare(self, payloads: list[bytes]):
+        import torch
+
+        if self._stream is None:
+            return self.batcher(payloads, self._pil, self.dtype), None
+        with torch.cuda.stream(self._stream):
+            batch = self.batcher(payloads, self._pil, self.dtype)
+            ready = torch.cuda.Event()
+            ready.record(self._stream)
+        return batch, ready
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._prep.shutdown(wait=True)
+        self._pil.shutdown(wait=True)
 
 
-def make_tensor_preprocessor(model, device: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Callable[[bytes], object]:
-    """bytes -> normalised ``(3, H, W)`` float tensor on ``device``, one image at a time (a batch of
-    one through :class:`TensorBatchPreprocessor`); raises :class:`ImageDecodeError` with the reason."""
-    batch = TensorBatchPreprocessor(model, device, max_pixels, threads=0)  # the caller's threads decode
+class SingleImagePreprocessor:
+    """bytes -> normalised ``(3, H, W)`` tensor on the device, one image at a time (a batch of one
+    through ``batcher``, decoding on the calling thread); raises :class:`ImageDecodeError`."""
 
-    def preprocess(data: bytes):
-        result = batch([data]).per_payload(1)[0]
+    def __init__(self, batcher: TensorBatchPreprocessor):
+        self.batcher = batcher
+
+    def __call__(self, data: bytes):
+        result = self.batcher([data]).per_payload(1)[0]
         if isinstance(result, ImageDecodeError):
             raise result
         return result
 
-    return preprocess
+
+def make_tensor_preprocessor(model, device: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                             dtype=None) -> SingleImagePreprocessor:
+    """The per-image tensor preprocessor; its ``.batcher`` is what :class:`DeviceBatchPreprocessor`
+    runs whole batches through (one set of device constants per worker)."""
+    return SingleImagePreprocessor(TensorBatchPreprocessor(model, device, max_pixels, dtype))

@@ -47,16 +47,21 @@ logger = logging.getLogger(__name__)
 #: Name of the per-row reason column (null when the row was scored).
 ERROR_COLUMN = "error"
 
+#: Images per forward pass when ``batch_size=None``: a batch that fills an H100/H200 with ViT-L/14
+#: on CUDA (the issue-14 bench measures batch 256 and 512); one image on the CPU, NeMo Curator's
+#: own default for ``TimmImageEmbedder(batch_size=1)``.
+DEFAULT_BATCH_SIZES = {"cuda": 256, "cpu": 1}
+
 
 class ImageEmbedder(ABC):
     """Base of the embedders: subclasses say how to load a model and its preprocessing."""
 
     def __init__(self, model_name: str, image_embedding_column: str = "image_embedding",
-                 classifiers: Iterable = (), batch_size: int = 1, num_threads_per_worker: int = 4,
+                 classifiers: Iterable = (), batch_size: int | None = 1, num_threads_per_worker: int = 4,
                  normalize_embeddings: bool = True, autocast: bool = True, device: str | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS):
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError("batch_size must be >= 1 (or None: the device's default)")
         self.model_name = model_name
         self.image_embedding_column = image_embedding_column
         self.classifiers = list(classifiers)
@@ -110,6 +115,13 @@ class ImageEmbedder(ABC):
                                     shards=dataset.shards, storage_options=dataset.storage_options)
 
     # ----------------------------------------------------------- on the worker
+    def batch_size_on(self, device: str) -> int:
+        """Images per forward pass on ``device``: ``batch_size``, or when None the device's
+        default (:data:`DEFAULT_BATCH_SIZES`), resolved on the worker that has the device."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return DEFAULT_BATCH_SIZES["cuda" if str(device).startswith("cuda") else "cpu"]
+
     def load_model_and_preprocessor(self, device: str):
         """``(model, per-image preprocess)``: what one worker caches for this embedder."""
         model = self.load_embedding_model(device)
@@ -149,7 +161,8 @@ class ImageEmbedder(ABC):
             fs, _ = fsspec.core.url_to_fs(tar_path, **storage_options)
             payloads = run.payloads(self.iter_shard_items(fs, tar_path, run.seen))
             with self.make_batch_preprocessor(model, preprocess, device) as preprocessor:
-                for batch in embed_stream(payloads, preprocessor, forward, self.batch_size, run.fail, batch_done):
+                for batch in embed_stream(payloads, preprocessor, forward, self.batch_size_on(device), run.fail,
+                                          batch_done):
                     run.add(batch)
         run.finish(posixpath.basename(tar_path or shard_name), statuses)
         elapsed = time.perf_counter() - start
