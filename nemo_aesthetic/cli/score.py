@@ -43,11 +43,11 @@ def run(args) -> int:
 
     dataset = ImageTextPairDataset.from_webdataset(args.path, id_col=args.id_col)
     local = args.scheduler_file is None and args.cluster in LOCAL_CLUSTERS
-    model, kwargs, pretrained, checkpoint = common.model_choice(args)
-    aesthetic = common.check_weights(args, model, kwargs, pretrained, checkpoint, local)
     if args.tiny and not local:
         raise UsageError("--tiny runs on a local cluster (--cluster cpu, gpu or sync): its random model is "
                          "a file on this machine")
+    model, kwargs, pretrained, checkpoint = common.model_choice(args)
+    aesthetic = common.check_weights(args, model, kwargs, pretrained, checkpoint, local)
     if args.tiny:
         print(f"NOTE: {common.TINY_NOTE}.", flush=True)
     batch_size = args.batch_size or (64 if args.cluster == "gpu" else 8)
