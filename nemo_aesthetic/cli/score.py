@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
                             "download, checks the whole pipeline in seconds, but the scores are MEANINGLESS "
                             "(and say so: in the summary, the Parquet metadata and any report)")
     score.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
-    add_model_options(score, "default: 64 with --cluster gpu, else 8")
+    add_model_options(score, "default: 256 with --cluster gpu, else 8")
     add_head_option(score, "the model's")
     add_run_options(score, "cpu")
     score.set_defaults(func=run)
@@ -50,13 +50,13 @@ def run(args) -> int:
     aesthetic = common.check_weights(args, model, kwargs, pretrained, checkpoint, local)
     if args.tiny:
         print(f"NOTE: {common.TINY_NOTE}.", flush=True)
-    batch_size = args.batch_size or (64 if args.cluster == "gpu" else 8)
+    batch_size, threads = common.batch_and_threads(args)
     out = args.out or args.path
     with tempfile.TemporaryDirectory(prefix="nemo-aesthetic-tiny-") as tmp:
         if args.tiny and checkpoint is None:
             checkpoint = common.save_tiny_checkpoint(model, kwargs, os.path.join(tmp, "tiny-random-clip.pth"))
             pretrained = False
-        embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, args.threads,
+        embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, threads,
                                         common.concrete_head(args, model))
         with dask_client(args.cluster, args.scheduler_file, args.workers, len(dataset.shards),
                          args.quiet) as client:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import posixpath
 import re
@@ -144,6 +145,32 @@ def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | N
         yield current
 
 
+def sample_metadata(sample: Sample, image_ext: str) -> dict:
+    """A sample's caption (``.txt``, else the json's ``caption``), its ``.json`` fields, and any
+    other non-image member as ``{extension: bytes}``; an unreadable ``.json`` is kept as bytes."""
+    meta: dict = {}
+    caption = None
+    for ext, _, data in sample.members:
+        low = ext.lower()
+        if low == image_ext:
+            continue
+        if low == "json":
+            try:
+                parsed = json.loads(data)
+            except ValueError as exc:
+                logger.warning("%s: unreadable .json kept as bytes: %s", sample.key, exc)
+                parsed = data
+            meta.update(parsed) if isinstance(parsed, dict) else meta.__setitem__("json", parsed)
+        elif low == "txt":
+            caption = data.decode("utf-8", errors="replace")
+        else:
+            meta[ext] = data
+    if caption is not None:
+        meta["caption"] = caption
+    meta.setdefault("caption", None)
+    return meta
+
+
 class _StrictTarInfo(tarfile.TarInfo):
     """Makes a cut-off or garbled member header an error wherever it is.
 
@@ -192,6 +219,30 @@ class TarShardWriter:
             self._tar.close()
         finally:
             return self._cm.__exit__(exc_type, exc, tb)
+
+
+def write_members(fs: fsspec.AbstractFileSystem, path: str, members: list[tuple[str, bytes]]) -> str:
+    """Write ``(member name, bytes)`` pairs as a new tar, atomically; returns ``path``."""
+    with atomic_open(fs, path, "wb") as f, tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_rows(fs: fsspec.AbstractFileSystem, path: str, rows: list[dict]) -> str:
+    """Write dict rows as a Parquet file, atomically; an ``embedding`` column is list<float32>."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows)
+    if "embedding" in table.column_names:
+        i = table.column_names.index("embedding")
+        table = table.set_column(i, "embedding", table.column(i).cast(pa.list_(pa.float32())))
+    with atomic_open(fs, path, "wb") as f:
+        pq.write_table(table, f)
+    return path
 
 
 def _copy_info(info: tarfile.TarInfo, name: str) -> tarfile.TarInfo:

@@ -76,7 +76,12 @@ def load_upstream(path: str):
 
     try:
         with fsspec.open(path, "rb") as f:  # local path or any fsspec URL
-            state = torch.load(f, map_location="cpu", weights_only=True)
+            if path.endswith(".safetensors"):  # NeMo Curator 1.x's copy (ttj/sac-logos-ava1-l14-linearMSE)
+                from safetensors.torch import load as load_safetensors
+
+                state = load_safetensors(f.read())
+            else:
+                state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"cannot load aesthetic weights {path}: {type(exc).__name__}: {exc}") from exc
     state = {k.removeprefix("layers."): v for k, v in state.items()}

@@ -151,6 +151,7 @@ class TimmImageEmbedder(ImageEmbedder):
 
     def model_cache_key(self, device: str) -> str:
         spec = json.dumps([self.model_name, self.pretrained, self.checkpoint_path, self.model_kwargs,
-                           self.cache_dir, self.max_pixels, self.decode, self.compile, device],
+                           self.cache_dir, self.max_pixels, self.decode, self.compile, self._bf16_weights(device),
+                           device],
                           sort_keys=True, default=str)
         return "timm-embedder-" + hashlib.sha1(spec.encode()).hexdigest()
