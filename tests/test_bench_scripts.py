@@ -24,8 +24,8 @@ def test_gpu_throughput_smoke_on_cpu():
     assert "-> PASS" in out and "over 8 photos" in out, out
 
 
-def test_graph_build_smoke():
-    out = _run(os.path.join(BENCH, "graph_build.py"), "40")
+def test_graph_build_smoke(aesthetic_weights):
+    out = _run(os.path.join(BENCH, "graph_build.py"), "40", aesthetic_weights)
     assert "tasks per shard" in out
 
 
