@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import SHARED, needs_shared
+from conftest import SHARED, needs_shared, skip_without_shared
 from test_cluster_and_s3 import s3_endpoint  # noqa: F401  (the moto server fixture)
 
 from nemo_aesthetic.embeddings import EmbeddingFileError, score_embeddings
@@ -24,8 +24,7 @@ SIZES = [1000, 1, 2500]  # three files; with batch_rows=700 and rows_per_task=10
 
 @pytest.fixture
 def weights_home(monkeypatch):
-    if not V2.exists():
-        pytest.skip(f"needs the LAION aesthetic weights {V2} (../shared/models)")
+    skip_without_shared(V2, "the real LAION aesthetic weights")
     monkeypatch.setenv("NEMO_AESTHETIC_HOME", str(MODELS))
     return MODELS
 
@@ -95,8 +94,7 @@ def test_layouts_score_like_the_reference_and_embedding_reader_reads_both_sides(
 
 
 def test_v1_head_and_bad_rows_get_null_with_a_reason(tmp_path, weights_home, monkeypatch):
-    if not V1_L14.exists():
-        pytest.skip(f"needs {V1_L14} (../shared/models/laion-v1)")
+    skip_without_shared(V1_L14, "the LAION-Aesthetics V1 ViT-L/14 head")
     monkeypatch.setenv("NEMO_AESTHETIC_HOME", str(V1_L14.parent))
     emb, _, arrays = write_layout(tmp_path / "in", "parquet", sizes=[8])
     x = arrays[0].astype(np.float32)
