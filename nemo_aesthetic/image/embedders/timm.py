@@ -92,15 +92,17 @@ class TimmImageEmbedder(ImageEmbedder):
         if self.cache_dir is not None:
             kwargs["cache_dir"] = self.cache_dir
         try:
-            model = timm.create_model(self.model_name, pretrained=self.pretrained,
-                                      checkpoint_path=self.checkpoint_path or None, **kwargs)
+            if self.checkpoint_path:
+                kwargs["checkpoint_path"] = self.checkpoint_path
+            model = timm.create_model(self.model_name, pretrained=self.pretrained, **kwargs)
         except (OSError, RuntimeError, ValueError) as exc:
             raise RuntimeError(self._load_failure(exc)) from exc
         import torch
 
-        model = model.eval().to(device)
-        if self._bf16_weights(device):
-            model = model.to(torch.bfloat16)  # once; autocast then finds every weight already cast
+        model = model.eval()
+        if self._bf16_weights(device):  # cast once, before the copy (half the bytes to move);
+            model = model.to(torch.bfloat16)  # autocast then finds every weight already cast
+        model = model.to(device)
         if self.compile:
             model = torch.compile(model)
         return model
