@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import skip_without_shared
 from test_aesthetic_v1 import V1_DIR, reference_scores
 from test_cli import _scored_dataset, read_shards
 from test_score_embeddings import SIZES, reference, write_layout
@@ -21,8 +22,7 @@ MODELS = V1_DIR.parent
 
 @pytest.fixture
 def weights_home(monkeypatch):
-    if not (MODELS / "sac+logos+ava1-l14-linearMSE.pth").exists():
-        pytest.skip(f"needs the LAION aesthetic weights in {MODELS} (../shared/models)")
+    skip_without_shared(MODELS / "sac+logos+ava1-l14-linearMSE.pth", "the real LAION aesthetic weights")
     monkeypatch.setenv("NEMO_AESTHETIC_HOME", str(MODELS))
 
 
@@ -40,8 +40,12 @@ def test_score_embeddings_command(tmp_path, weights_home, monkeypatch, capsys):
         table = pq.read_table(out / f"img_emb_{i}.parquet")
         assert table.column_names == ["caption", "aesthetic_score", "error"]
         np.testing.assert_allclose(table["aesthetic_score"].to_numpy(), reference(x), rtol=0, atol=1e-5)
-    assert cli.main(["score-embeddings", emb, "--out", str(out), "--metadata", meta, "-q"]) == 0
+    assert cli.main(["score-embeddings", emb, "--out", str(out), "--metadata", meta, "--columns", "caption", "-q"]) == 0
     assert "files: 0 written, 3 already done" in capsys.readouterr().out
+    # Other columns are another job: its files are rewritten, not taken as done.
+    assert cli.main(["score-embeddings", emb, "--out", str(out), "--metadata", meta, "-q"]) == 0
+    assert "files: 3 written, 0 already done" in capsys.readouterr().out
+    assert pq.read_table(out / "img_emb_0.parquet").column_names == ["url", "caption", "aesthetic_score", "error"]
 
     # 512-d embeddings with the default v2 head: one line naming the file, exit 2, nothing written
     small, _, _ = write_layout(tmp_path / "small", "npy", sizes=[4], dim=512)
@@ -71,8 +75,7 @@ def test_score_with_head_v1_follows_the_model(tmp_path, monkeypatch, capsys):
     import timm
     from factory import write_img2dataset
 
-    if not (V1_DIR / "sa_0_4_vit_b_32_linear.pth").exists():
-        pytest.skip(f"needs the LAION-Aesthetics V1 files in {V1_DIR}")
+    skip_without_shared(V1_DIR / "sa_0_4_vit_b_32_linear.pth", "the LAION-Aesthetics V1 ViT-B/32 head")
     monkeypatch.setenv("NEMO_AESTHETIC_HOME", str(V1_DIR))
     kwargs = {"depth": 1, "embed_dim": 32, "num_heads": 2, "global_pool": "avg"}
     model = "vit_base_patch32_clip_224.openai"
