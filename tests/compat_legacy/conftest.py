@@ -3,28 +3,29 @@
 Upstream runs them on a GPU (``gpu_client``, a LocalCUDACluster); here ``gpu_client`` is a CPU
 LocalCluster, and a test that needs CUDA or cuDF itself is skipped with the reason its file gives
 in ``LEFT_OUT``. Upstream reads ``tests/image_data/00000.tar``; the same file (byte for byte) is
-``../shared/testdata/upstream_shards/nemo_curator_legacy_00000.tar``, linked into a temporary
-``image_data`` directory (tests needing it skip when ../shared is absent). Default weights are
+``../shared/testdata/upstream_shards/nemo_curator_legacy_00000.tar``, which the committed symlink
+``tests/compat_legacy/image_data/00000.tar`` points at, so the ported paths stay as upstream wrote
+them (tests needing it skip without ../shared, or fail under $NEMO_AESTHETIC_REQUIRE_SHARED=1). Default weights are
 placed in the test's isolated ``$NEMO_AESTHETIC_HOME``: the real aesthetic head from
 ../shared/models, and a randomly initialised NSFW detector (its file is not redistributable here).
 """
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(os.environ.get("NEMO_AESTHETIC_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
-UPSTREAM_TAR = SHARED / "testdata" / "upstream_shards" / "nemo_curator_legacy_00000.tar"
-AESTHETIC = SHARED / "models" / "sac+logos+ava1-l14-linearMSE.pth"
+from conftest import AESTHETIC_WEIGHTS as AESTHETIC
+from conftest import TESTDATA, needs_shared
+
+UPSTREAM_TAR = TESTDATA / "upstream_shards" / "nemo_curator_legacy_00000.tar"
 
 
-#: Ported tests that read files from ../shared: (file, test) -> the file they need.
+#: Ported tests that read files from ../shared: (file, test) -> (the file they need, what it is).
 NEEDS_SHARED = {
-    ("test_timm.py", "test_load_dataset_shard"): UPSTREAM_TAR,
-    ("test_aesthetic.py", "test_init_defaults"): AESTHETIC,
+    ("test_timm.py", "test_load_dataset_shard"): (UPSTREAM_TAR, "NeMo Curator's test shard (tests/image_data/00000.tar)"),
+    ("test_aesthetic.py", "test_init_defaults"): (AESTHETIC, "the real LAION aesthetic weights (the default model)"),
 }
 
 
@@ -51,8 +52,8 @@ def pytest_collection_modifyitems(config, items):
         if name in module.LEFT_OUT:
             item.add_marker(pytest.mark.skip(reason=f"left out of the port: {module.LEFT_OUT[name]}"))
         shared = NEEDS_SHARED.get((item.path.name, name))
-        if shared is not None and not shared.exists():
-            item.add_marker(pytest.mark.skip(reason=f"needs {shared} (../shared; set NEMO_AESTHETIC_SHARED)"))
+        if shared is not None:
+            item.add_marker(needs_shared(*shared))
         for need, what in (("NEEDS_CUDA", "CUDA"), ("NEEDS_CUDF", "cuDF")):
             if name in getattr(module, need, {}) and not available[need]:
                 item.add_marker(pytest.mark.skip(reason=f"needs {what}: {getattr(module, need)[name]}"))
@@ -65,7 +66,7 @@ def gpu_client(cpu_client):
 
 
 @pytest.fixture(autouse=True)
-def _default_weights(_isolated_home, monkeypatch):
+def _default_weights(_isolated_home):
     import torch
 
     from nemo_aesthetic.image.classifiers.torch_models import NSFWModel
@@ -76,19 +77,3 @@ def _default_weights(_isolated_home, monkeypatch):
         os.symlink(AESTHETIC, home / AESTHETIC.name)
     torch.manual_seed(0)
     torch.save(NSFWModel().state_dict(), home / "clip_autokeras_binary_nsfw.pth")
-
-
-@pytest.fixture
-def needs_aesthetic_weights():
-    if not AESTHETIC.exists():
-        pytest.skip(f"needs the aesthetic weights at {AESTHETIC} (../shared/models)")
-
-
-@pytest.fixture(scope="session")
-def upstream_image_data(tmp_path_factory) -> Path:
-    """A directory laid out like upstream's ``tests/image_data`` (00000.tar)."""
-    if not UPSTREAM_TAR.exists():
-        pytest.skip(f"needs NeMo Curator's test shard at {UPSTREAM_TAR} (../shared/testdata)")
-    root = tmp_path_factory.mktemp("image_data")
-    shutil.copyfile(UPSTREAM_TAR, root / "00000.tar")
-    return root

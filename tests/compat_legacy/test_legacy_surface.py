@@ -39,7 +39,7 @@ def test_legacy_module_paths_are_the_one_implementation():
     assert MLP(768).layers[0].in_features == 768 and isinstance(NSFWModel().norm, Normalization)
 
 
-def test_upstream_checkpoints_load_into_upstream_classes(needs_aesthetic_weights):
+def test_upstream_checkpoints_load_into_upstream_classes(real_aesthetic_weights):
     import torch
 
     from nemo_aesthetic.image.classifiers.aesthetic import MLP, AestheticClassifier
