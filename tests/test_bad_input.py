@@ -483,7 +483,7 @@ def test_tar_without_its_parquet_is_an_error_naming_it(tmp_path):
         ImageTextPairDataset.from_webdataset(str(root))
 
 
-def test_unreadable_later_parquet_fails_scoring_naming_it(tmp_path, embed):
+def test_unreadable_later_parquet_fails_before_any_work_naming_it(tmp_path, embed):
     root = tmp_path / "ds"
     os.makedirs(root)
     for shard, key in (("00000", "a"), ("00001", "b")):

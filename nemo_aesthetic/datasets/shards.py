@@ -6,20 +6,30 @@ optionally ``NNNNN_stats.json``. A tar is paired with its Parquet by shard *name
 position in a sorted list, so a missing file cannot shift every later shard onto the wrong
 metadata.
 
-Tars are read as a stream (``tarfile`` mode ``r|*``, through fsspec) so any filesystem works,
-gzip-compressed shards work, and memory holds one sample at a time. Member names are split into
+Tars are read as a stream (``tarfile`` mode ``r|``, through fsspec) so any filesystem works, and
+memory holds one sample at a time. Compressed shards (gzip, bzip2, xz, told by their first bytes)
+are decompressed by the standard library's file readers, which bound each step's output: tarfile's
+own stream decompressor would turn a few KB of a hostile ``.tar.gz`` into one huge buffer and
+skip over a big member in time quadratic in its size. Nothing in a tar decides how much we hold:
+a member over :func:`max_member_bytes` is not read (its sample gets a reason instead of bytes), and
+sparse members, which a 2 kB tar can declare to be 8 GiB, are refused outright. Member names are split into
 key and extension with webdataset's own rule (``base_plus_ext``), so keys agree with what
 webdataset readers see; names it cannot split (``._*`` macOS resource forks, files without an
 extension) are counted as skipped, not guessed at.
 """
 from __future__ import annotations
 
+import bz2
 import dataclasses
+import gzip
 import io
 import logging
+import lzma
+import os
 import posixpath
 import re
 import tarfile
+import zlib
 from typing import Iterator
 
 import fsspec
@@ -27,6 +37,15 @@ import fsspec
 from nemo_aesthetic.atomic import atomic_open, is_local, is_temporary
 
 logger = logging.getLogger(__name__)
+
+#: Default largest tar member we read into memory; ``$NEMO_AESTHETIC_MAX_MEMBER_BYTES`` changes it.
+#: An image at the default ``max_pixels`` (89 MP) is well under this even as an uncompressed TIFF.
+MAX_MEMBER_BYTES = 256 * 2**20
+MAX_MEMBER_ENV = "NEMO_AESTHETIC_MAX_MEMBER_BYTES"
+
+#: What an integer id's key may look like: ASCII digits (zero padding allowed), nothing else, so
+#: ``1_000``, `` 7``, ``+9`` or non-ASCII digits never match a row that ``int()`` would accept.
+_CANONICAL_INT = re.compile(r"-?[0-9]+")
 
 _SHARD_FILE = re.compile(r"^(?P<name>[^/]+?)(?P<suffix>\.parquet|\.tar|\.tar\.gz|\.tgz|_stats\.json)$")
 
@@ -49,6 +68,9 @@ class Sample:
     members: list[tuple[str, tarfile.TarInfo, bytes]]  # (extension, header, bytes)
     #: False for the sample being read when the tar broke: it may lack members that follow.
     complete: bool = True
+    #: Why a member of this sample was not read (too large, sparse): the sample cannot be scored
+    #: or copied, and this is its row's reason. None for a sample read in full.
+    refused: str | None = None
 
     def extensions(self) -> list[str]:
         return [ext for ext, _, _ in self.members]
@@ -58,7 +80,8 @@ class KeyIndex:
     """Finds the metadata row of a tar key.
 
     Keys in tars are strings; id columns may be strings (img2dataset's zero-padded keys) or
-    integers. Integer ids match the integer value of the key (``"000000042"`` -> 42). Null ids
+    integers. Integer ids match the integer value of a key made of ASCII digits only
+    (``"000000042"`` -> 42; ``"1_000"``, ``"+9"``, ``" 7"``, ``"١٢"`` match nothing). Null ids
     match nothing. Whole floats count as integers: an integer column with a null comes out of a
     Parquet without pandas metadata as float64 (42.0, NaN).
     """
@@ -71,10 +94,7 @@ class KeyIndex:
 
     def position(self, tar_key: str) -> int | None:
         if self.integer:
-            try:
-                return self.positions.get(int(tar_key))
-            except ValueError:
-                return None
+            return self.positions.get(int(tar_key)) if _CANONICAL_INT.fullmatch(tar_key) else None
         return self.positions.get(tar_key)
 
 
@@ -105,20 +125,35 @@ def discover_shards(fs: fsspec.AbstractFileSystem, root: str) -> list[Shard]:
     ]
 
 
+def max_member_bytes() -> int:
+    """The largest tar member read into memory (``$NEMO_AESTHETIC_MAX_MEMBER_BYTES`` or 256 MiB)."""
+    value = os.environ.get(MAX_MEMBER_ENV)
+    if not value:
+        return MAX_MEMBER_BYTES
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"${MAX_MEMBER_ENV} must be a number of bytes, not {value!r}") from None
+
+
 def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | None = None) -> Iterator[Sample]:
     """Yield the samples of a tar in order, grouping consecutive members that share a key.
 
     A key that comes back later in the tar yields a second :class:`Sample`; callers decide what
     a duplicate means. Names that webdataset cannot split are appended to ``skipped``.
+    A member larger than :func:`max_member_bytes`, or sparse, is skipped unread and its sample
+    carries the reason in ``refused``.
     Raises :class:`ShardReadError` (after yielding what could be read) on a broken tar; the
     sample that was being read then is yielded with ``complete=False``.
     """
     # Imported here: webdataset imports torch, which the client-side reading of metadata never needs.
     from webdataset.tariterators import base_plus_ext
 
+    limit = max_member_bytes()
     current: Sample | None = None
     try:
-        with fs.open(tar_path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*", tarinfo=_StrictTarInfo) as tar:
+        with fs.open(tar_path, "rb") as raw, _decompressed(raw) as stream, \
+                tarfile.open(fileobj=stream, mode="r|", tarinfo=_StrictTarInfo) as tar:
             for info in tar:
                 if not info.isfile():
                     continue
@@ -127,14 +162,20 @@ def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | N
                     if skipped is not None:
                         skipped.append(info.name)
                     continue
-                data = tar.extractfile(info).read()
-                if current is not None and current.key == key:
+                same = current is not None and current.key == key
+                held = sum(len(data) for _, _, data in current.members) if same else 0
+                refused = _refusal(info, limit - held)
+                # (a refused member is skipped by tarfile in bounded steps, never held)
+                data = tar.extractfile(info).read() if refused is None else b""
+                if not same:
+                    if current is not None:
+                        yield current
+                    current = Sample(key, [])
+                if refused is None:
                     current.members.append((ext, info, data))
-                    continue
-                if current is not None:
-                    yield current
-                current = Sample(key, [(ext, info, data)])
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+                else:
+                    current.refused = current.refused or refused
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as exc:
         if current is not None:
             current.complete = False
             yield current
@@ -142,6 +183,54 @@ def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | N
         raise ShardReadError(f"cannot read {posixpath.basename(tar_path)}: {type(exc).__name__}: {exc}") from exc
     if current is not None:
         yield current
+
+
+def _refusal(info: tarfile.TarInfo, room: int) -> str | None:
+    """Why a member is not read into memory (None: read it). ``room`` is what is left of the
+    limit after the sample's members already read, so one key repeated many times is bounded too."""
+    if info.issparse():
+        return (f"tar member {info.name} is a sparse file declaring {info.size} bytes: "
+                "refused (sparse members are never read)")
+    if info.size > room:
+        return (f"tar member {info.name} too large: {info.size} bytes, over the limit of "
+                f"{max_member_bytes()} bytes per sample (${MAX_MEMBER_ENV})")
+    return None
+
+
+_COMPRESSED_READERS = (
+    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+    (b"BZh", lambda raw: bz2.BZ2File(raw)),
+    (b"\xfd7zXZ\x00", lambda raw: lzma.LZMAFile(raw)),
+)
+
+
+def _decompressed(raw):
+    """``raw`` as an uncompressed stream: the standard library's reader for a compressed tar."""
+    head = raw.read(6)
+    stream = _Prefixed(head, raw)
+    for magic, reader in _COMPRESSED_READERS:
+        if head.startswith(magic):
+            return reader(stream)
+    return stream
+
+
+class _Prefixed(io.RawIOBase):
+    """The bytes already read to sniff the format, then the rest of ``raw`` (no seek needed)."""
+
+    def __init__(self, head: bytes, raw):
+        self._head, self._raw = head, raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n], self._head = self._head[:n], self._head[n:]
+            return n
+        data = self._raw.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 class _StrictTarInfo(tarfile.TarInfo):
@@ -188,10 +277,15 @@ class TarShardWriter:
         self.samples += 1
 
     def __exit__(self, exc_type, exc, tb):
-        try:
-            self._tar.close()
-        finally:
-            return self._cm.__exit__(exc_type, exc, tb)
+        # The tar's end blocks are part of the file: a failure writing them (a full disk) must
+        # reach the atomic write as an error, or it would publish a truncated tar as complete.
+        if exc_type is None:
+            try:
+                self._tar.close()
+            except BaseException as close_error:
+                self._cm.__exit__(type(close_error), close_error, close_error.__traceback__)
+                raise
+        return self._cm.__exit__(exc_type, exc, tb)
 
 
 def _copy_info(info: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
@@ -200,3 +294,66 @@ def _copy_info(info: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
         setattr(new, attr, getattr(info, attr))
     new.type = tarfile.REGTYPE
     return new
+
+
+def unified_schema(fs: fsspec.AbstractFileSystem, shards: list[Shard], id_col: str):
+    """One Arrow schema for the Parquet files of all ``shards``, read from their footers.
+
+    Shards written at different times drift: a column added later, a caption column that is
+    null-typed in one shard and string in another, int32 here and int64 there. Every partition is
+    conformed to this schema (:func:`conform`): a column a shard lacks is all null there, and
+    types are promoted to a common type (Arrow's permissive unification). Types with no common
+    type (a string column that is an integer elsewhere) raise a ValueError naming the column and
+    two files before any work is done, as do a missing ``id_col`` and an unreadable footer.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def footer(shard: Shard):
+        try:
+            with fs.open(shard.parquet, "rb") as f:
+                return pq.read_schema(f).remove_metadata()
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise ValueError(f"cannot read metadata file {shard.parquet}: {type(exc).__name__}: {exc}") from exc
+
+    with ThreadPoolExecutor(16) as pool:
+        schemas = list(pool.map(footer, shards))
+    for shard, schema in zip(shards, schemas):
+        if id_col not in schema.names:
+            raise KeyError(f"id_col {id_col!r} is not a column of {shard.parquet}; columns: {schema.names}")
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        first_seen: dict[str, tuple] = {}
+        for shard, schema in zip(shards, schemas):
+            for field in schema:
+                seen = first_seen.setdefault(field.name, (field.type, shard.parquet))
+                try:
+                    pa.unify_schemas([pa.schema([(field.name, seen[0])]), pa.schema([field])],
+                                     promote_options="permissive")
+                except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    raise ValueError(
+                        f"column {field.name!r} has types with no common type across shards: {seen[0]} in "
+                        f"{seen[1]}, {field.type} in {shard.parquet}; rewrite one of them with the other's type"
+                    ) from None
+        raise ValueError(f"the metadata files' schemas cannot be unified: {exc}") from exc
+
+
+def conform(table, schema, source: str):
+    """``table`` with exactly ``schema``'s columns and types (missing columns all null)."""
+    import pyarrow as pa
+
+    if table.schema.equals(schema, check_metadata=False):
+        return table
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(len(table), field.type))
+            continue
+        try:
+            columns.append(table[field.name].cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"{source}: column {field.name!r} cannot be converted to {field.type}: {exc}") from exc
+    return pa.Table.from_arrays(columns, schema=schema)

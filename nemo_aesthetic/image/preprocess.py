@@ -7,8 +7,12 @@ CLIP mean/std), and they follow any other timm model's own config too, so the tr
 never written by hand here.
 
 Decoding looks at the content, not the file extension (img2dataset stores PNG, WebP or even
-HTML bodies as ``.jpg``). Anything PIL cannot decode, and any image over the pixel limit, raises
-:class:`ImageDecodeError` with a short reason that ends up in the row's ``error`` column. EXIF
+HTML bodies as ``.jpg``), but only among :data:`ALLOWED_FORMATS`: Pillow would otherwise also
+open EPS/PostScript, which it renders by starting Ghostscript (``gs``), so a ``.jpg`` member
+holding PostScript would run a program on the worker. Everything that reads image bytes from a
+dataset opens them with :func:`open_image`. Anything we cannot decode, and any image over the
+pixel limit, raises :class:`ImageDecodeError` with a short reason that ends up in the row's
+``error`` column. EXIF
 orientation is not applied, as in the reference, so scores match it.
 """
 from __future__ import annotations
@@ -26,6 +30,11 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own Image.MAX_IMAGE_PIXELS default
 
 
+#: The Pillow formats an image from a dataset may be in. Never EPS/PS (Pillow runs Ghostscript
+#: to render them) nor any other format whose decoder starts a program or parses a document.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG includes multi-picture (MPO)
+
+
 class ImageDecodeError(Exception):
     """The bytes are not a decodable image (the message is the per-row reason)."""
 
@@ -41,6 +50,14 @@ def pick_image(members: list[tuple[str, object, bytes]]) -> tuple[str, bytes] | 
     return None
 
 
+def open_image(data: bytes) -> Image.Image:
+    """``Image.open`` of untrusted bytes, restricted to :data:`ALLOWED_FORMATS` (header only; lazy).
+
+    Raises ``PIL.UnidentifiedImageError`` for anything else, PostScript included.
+    """
+    return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode ``data`` into an RGB PIL image, or raise :class:`ImageDecodeError` saying why."""
     if not data:
@@ -48,7 +65,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = open_image(data)
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageDecodeError(
@@ -58,7 +75,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"not an image PIL can read (starts with {data[:12]!r})") from None
+        raise ImageDecodeError(f"not an image PIL can read (starts with {data[:12]!r}; "
+                               f"formats read: {', '.join(ALLOWED_FORMATS)})") from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image too large: {exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:

@@ -12,18 +12,17 @@ difference from the PIL reference path (see BENCHMARKS.md).
 """
 from __future__ import annotations
 
-import io
 import threading
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from nemo_aesthetic.image.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     cpu_transform,
     decode_image,
+    open_image,
     resize_guard,
 )
 
@@ -60,7 +59,7 @@ def _jpeg_header_ok(data: bytes, max_pixels: int) -> bool:
     if not data.startswith(_JPEG_MAGIC):
         return False
     try:
-        with Image.open(io.BytesIO(data)) as image:  # parses the header only
+        with open_image(data) as image:  # parses the header only
             w, h = image.size
             if w * h > max_pixels:
                 raise ImageDecodeError(f"image too large: {w}x{h} = {w * h} pixels > limit {max_pixels}")

@@ -267,6 +267,9 @@ class _ShardRun:
                     if self.samples_seen[pos] > 1 or len(set(exts)) != len(exts):
                         self.samples_seen[pos] += 1  # flagged as a duplicate in finish()
                         continue
+                    if sample.refused:  # a member too large or sparse: left unread in the tar
+                        self.errors[pos] = sample.refused
+                        continue
                     image = pick_image(sample.members)
                     if image is None:
                         self.errors[pos] = f"sample has no image member (has: {', '.join(exts)})"

@@ -72,6 +72,9 @@ class ImageReaderStage(ProcessingStage):
                             self._drop(errors, sample.key, path, "sample cut off where the tar is damaged "
                                        "(members after the damage are missing)")
                             continue
+                        if sample.refused:  # a member too large or sparse: left unread in the tar
+                            self._drop(errors, sample.key, path, sample.refused)
+                            continue
                         if sample.key in seen:
                             self._drop(errors, sample.key, path, "duplicate key: an earlier sample of this "
                                        "tar has the same key; the first one is kept")
