@@ -108,3 +108,54 @@ def populate_hf_cache(hub_dir, state_dict: dict, repo_id: str = CLIP_HUB_REPO, c
     path = os.path.join(snapshot, "model.safetensors")
     save_file({k: v.contiguous() for k, v in state_dict.items()}, path)
     return path
+
+
+def model_loads(client) -> dict:
+    """``{(worker address, cache key): loads}`` from the cluster's model-load events.
+
+    A worker sends its load event on the same ordered stream as the finished task that made it,
+    so once a computation's result is back its loads are on the scheduler.
+    """
+    from collections import Counter
+
+    from nemo_aesthetic.distributed import LOAD_EVENTS
+
+    return dict(Counter((msg["worker"], msg["key"]) for _, msg in client.get_events(LOAD_EVENTS)))
+
+
+#: scikit-image's bundled colour photographs (public domain / CC0; shipped in its wheel).
+WEB_PHOTO_SOURCES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                     "hubble_deep_field.jpg", "retina.jpg", "immunohistochemistry.png")
+_PHOTO_CACHE: dict = {}
+
+
+def _photo_source(name: str):
+    if name not in _PHOTO_CACHE:
+        from nemo_aesthetic.demo import skimage_data_dir
+
+        path = os.path.join(skimage_data_dir(), name)
+        _PHOTO_CACHE[name] = Image.open(path).convert("RGB") if os.path.exists(path) else None
+    return _PHOTO_CACHE[name]
+
+
+def web_photo(seed: int, progressive: bool = False, long_side: tuple[int, int] = (640, 1600)) -> bytes:
+    """A real photograph re-encoded as a web JPEG: a random crop of one of scikit-image's photos,
+    resized so its long side is in ``long_side`` (landscape or portrait), JPEG quality 75-95 with
+    4:2:0, 4:2:2 or 4:4:4 chroma, baseline or ``progressive``. Deterministic in ``seed``."""
+    rnd = random.Random(seed)
+    sources = [s for s in (_photo_source(n) for n in WEB_PHOTO_SOURCES) if s is not None]
+    src = sources[seed % len(sources)]
+    w, h = src.size
+    aspect = rnd.choice([4 / 3, 3 / 2, 16 / 9, 1.0, 3 / 4, 2 / 3])
+    cw = min(w, int(h * aspect))
+    ch = int(cw / aspect)
+    scale = rnd.uniform(0.6, 1.0)
+    cw, ch = max(32, int(cw * scale)), max(32, int(ch * scale))
+    x0, y0 = rnd.randint(0, w - cw), rnd.randint(0, h - ch)
+    target = rnd.randint(*long_side)
+    size = (target, max(1, round(target * ch / cw))) if cw >= ch else (max(1, round(target * cw / ch)), target)
+    image = src.crop((x0, y0, x0 + cw, y0 + ch)).resize(size, Image.BICUBIC)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=rnd.randint(75, 95), subsampling=rnd.choice([0, 1, 2]),
+               progressive=progressive)
+    return buf.getvalue()

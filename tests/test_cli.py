@@ -17,7 +17,8 @@ import pytest
 import torch
 from factory import TINY_KWARGS, TINY_MODEL, populate_hf_cache, write_img2dataset
 
-from nemo_aesthetic import cli
+from nemo_aesthetic import cli, weights
+from nemo_aesthetic.report import reason_group
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "nemo-aesthetic"
@@ -134,15 +135,15 @@ def test_demo_offline_without_weights_names_every_file(tmp_path, hf_home):
 
 def test_clip_weights_found_in_the_hugging_face_cache(tmp_path):
     cache = tmp_path / "hub"
-    weights = populate_hf_cache(cache, {"w": torch.zeros(1)})  # the check only looks for the file
-    found = cli.check_clip_weights(cli.DEFAULT_MODEL, cache_dir=str(cache))
-    assert found == weights
-    with pytest.raises(cli.WeightsUnavailableError, match="offline mode"):
-        cli.check_clip_weights(cli.DEFAULT_MODEL, cache_dir=str(tmp_path / "empty"))
-    with pytest.raises(cli.UsageError, match="Invalid pretrained tag"):
-        cli.check_clip_weights("vit_tiny_patch16_224.no_such_tag", cache_dir=str(cache))
-    with pytest.raises(cli.UsageError, match="does not know"):
-        cli.check_clip_weights("no_such_architecture.openai", cache_dir=str(cache))
+    cached = populate_hf_cache(cache, {"w": torch.zeros(1)})  # the check only looks for the file
+    found = weights.check_clip_weights(weights.CLIP_MODEL, cache_dir=str(cache))
+    assert found == cached
+    with pytest.raises(weights.WeightsUnavailableError, match="offline mode"):
+        weights.check_clip_weights(weights.CLIP_MODEL, cache_dir=str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="Invalid pretrained tag"):
+        weights.check_clip_weights("vit_tiny_patch16_224.no_such_tag", cache_dir=str(cache))
+    with pytest.raises(ValueError, match="does not know"):
+        weights.check_clip_weights("no_such_architecture.openai", cache_dir=str(cache))
 
 
 # ------------------------------------------------------------------------------------ demo
@@ -279,10 +280,10 @@ def test_filter_without_scores_is_a_clear_error(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------ pieces
 def test_reasons_group_by_their_prefix():
-    assert cli.reason_group("no image: img2dataset status failed_to_download (HTTP Error 404)") == "no image"
-    assert cli.reason_group("cannot decode image: OSError: truncated") == "cannot decode image"
-    assert cli.reason_group("not an image PIL can read (starts with b'<html>')") == "not an image PIL can read"
-    assert cli.reason_group("no sample for this key in 00042.tar") == "no sample for this key in <shard>.tar"
+    assert reason_group("no image: img2dataset status failed_to_download (HTTP Error 404)") == "no image"
+    assert reason_group("cannot decode image: OSError: truncated") == "cannot decode image"
+    assert reason_group("not an image PIL can read (starts with b'<html>')") == "not an image PIL can read"
+    assert reason_group("no sample for this key in 00042.tar") == "no sample for this key in <shard>.tar"
 
 
 def test_demo_dataset_is_img2dataset_shaped(tmp_path):

@@ -11,11 +11,10 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from factory import TINY_KWARGS, TINY_MODEL, write_img2dataset
+from factory import TINY_KWARGS, TINY_MODEL, model_loads, write_img2dataset
 
 from nemo_aesthetic import get_client
 from nemo_aesthetic.datasets import ImageTextPairDataset
-from nemo_aesthetic.distributed import load_counts
 from nemo_aesthetic.frames import embeddings_to_matrix
 from nemo_aesthetic.image.classifiers import AestheticClassifier
 from nemo_aesthetic.image.embedders import TimmImageEmbedder
@@ -108,11 +107,10 @@ def test_cli_started_cluster_matches_local_cluster_row_for_row(
             summary = scored.to_webdataset(str(tmp_path / f"filtered_{how}"), filter_column="keep",
                                            samples_per_shard=4)
             assert summary["written"] == summary["kept_rows"] > 0
-            counts = client.run(load_counts)
+            loads = model_loads(client)
     # Two embedding runs on the same workers, yet each worker loaded each model at most once.
-    assert len(counts) == 2
-    for per_worker in counts.values():
-        assert per_worker and all(n == 1 for n in per_worker.values()), per_worker
+    assert len({worker for worker, _ in loads}) == 2
+    assert loads and all(n == 1 for n in loads.values()), loads
 
 
 # --------------------------------------------------------------------------- S3

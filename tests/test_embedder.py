@@ -18,7 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
-from factory import TINY_KWARGS, TINY_MODEL, add_member, image_bytes, tar_members, write_img2dataset
+from factory import (TINY_KWARGS, TINY_MODEL, add_member, image_bytes, model_loads, tar_members,
+                     write_img2dataset)
 from PIL import Image
 
 from nemo_aesthetic import distributed, frames
@@ -136,19 +137,21 @@ def test_model_is_loaded_once_per_worker(tmp_path, tiny_checkpoint, aesthetic_we
     ds = ImageTextPairDataset.from_webdataset(str(tmp_path / "ds"))
 
     first = cpu_client.compute(emb(ds).metadata).result()
-    after_first = cpu_client.run(distributed.load_counts)
+    after_first = model_loads(cpu_client)
     second = cpu_client.compute(emb(ds).metadata).result()
-    after_second = cpu_client.run(distributed.load_counts)
+    after_second = model_loads(cpu_client)
 
     assert first["aesthetic_score"].notna().all()
     pd.testing.assert_frame_equal(first, second)
-    loads = {w: counts.get(model_key, 0) for w, counts in after_second.items()}
+    loads = {w: n for (w, key), n in after_second.items() if key == model_key}
     # 6 partitions on 2 single-threaded workers: at least one worker ran several of them.
     assert sum(loads.values()) >= 1
     assert all(n <= 1 for n in loads.values()), loads
-    assert {w: c.get(model_key, 0) for w, c in after_first.items()} == loads  # second call: no reload
-    assert all(c.get(clf_key, 0) <= 1 for c in after_second.values())
-    assert sum(c.get(clf_key, 0) for c in after_second.values()) >= 1
+    assert after_first == after_second  # second call: no reload
+    assert all(n <= 1 for (w, key), n in after_second.items() if key == clf_key)
+    held = cpu_client.run(distributed.cached_keys)
+    assert all(model_key in held[w] for w in loads), held  # the loaded model stays cached
+    assert sum(n for (w, key), n in after_second.items() if key == clf_key) >= 1
 
 
 # --------------------------------------------------------------------------- loading weights
@@ -215,13 +218,13 @@ def test_unknown_model_name_fails_at_construction():
 def test_classifier_width_mismatch_fails_at_call_before_any_work(img2dataset_dir, aesthetic_weights):
     root, _ = img2dataset_dir
     ds = ImageTextPairDataset.from_webdataset(str(root))
-    before = distributed.load_counts()
+    before = distributed.cached_keys()
     emb = TimmImageEmbedder(TINY_MODEL, model_kwargs={**TINY_KWARGS, "num_classes": 16},
                             classifiers=[AestheticClassifier(model_path=aesthetic_weights)])
     assert emb.embedding_dim == 16
     with pytest.raises(ValueError, match=r"768-d.*16-d"):
         emb(ds)
-    assert distributed.load_counts() == before  # no model was loaded
+    assert distributed.cached_keys() == before  # no model was loaded
 
 
 def test_embedding_width_without_classifier_follows_the_model(img2dataset_dir):

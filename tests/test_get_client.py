@@ -106,3 +106,100 @@ def test_local_cluster_workers_keep_large_buffers_off_mmap(cpu_client):
 
     envs = cpu_client.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_"))
     assert len(envs) == 2 and set(envs.values()) == {str(MALLOC_MMAP_THRESHOLD)}
+
+
+# ------------------------------------------------------------------ NeMo Curator 0.x call shapes
+UPSTREAM_PARAMETERS = [  # nemo_curator.utils.distributed_utils.get_client at v0.9.0, in order
+    ("cluster_type", "cpu"), ("scheduler_address", None), ("scheduler_file", None),
+    ("n_workers", os.cpu_count()), ("threads_per_worker", 1), ("nvlink_only", False), ("protocol", "tcp"),
+    ("rmm_pool_size", "1024M"), ("enable_spilling", True), ("set_torch_to_use_rmm", False),
+    ("rmm_async", True), ("rmm_maximum_pool_size", None), ("rmm_managed_memory", False),
+    ("rmm_release_threshold", None),
+]
+
+
+def test_signature_is_nemo_curators_in_its_order():
+    import inspect
+
+    from nemo_aesthetic.utils.distributed_utils import get_client as legacy_get_client
+
+    assert legacy_get_client is get_client
+    params = list(inspect.signature(get_client).parameters.values())
+    assert [(p.name, p.default) for p in params[:len(UPSTREAM_PARAMETERS)]] == UPSTREAM_PARAMETERS
+    assert params[-1].kind is inspect.Parameter.VAR_KEYWORD
+
+
+def test_legacy_gpu_keywords_on_cpu_give_a_working_cluster_and_one_warning():
+    """What legacy notebooks pass unconditionally; positional up to rmm_pool_size as upstream orders it."""
+    with pytest.warns(UserWarning) as record:
+        client = get_client("cpu", None, None, 1, 1, False, "tcp", "4GB", enable_spilling=True,
+                            set_torch_to_use_rmm=True, rmm_async=False, device_memory_limit="1GB",
+                            CUDA_VISIBLE_DEVICES="0", dashboard_address=":0")
+    try:
+        ours = [str(w.message) for w in record if "GPU-only" in str(w.message)]
+        assert len(ours) == 1
+        for named in ("rmm_pool_size='4GB'", "set_torch_to_use_rmm=True", "rmm_async=False",
+                      "device_memory_limit='1GB'", "CUDA_VISIBLE_DEVICES='0'"):
+            assert named in ours[0]
+        assert "enable_spilling" not in ours[0]  # left at its default: nothing was asked
+        assert len(client.scheduler_info()["workers"]) == 1
+        assert client.submit(sum, [1, 2]).result() == 3
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()
+
+
+def test_gpu_options_map_to_dask_cuda_keywords():
+    from nemo_aesthetic.distributed import GPU_ONLY_DEFAULTS, cuda_cluster_kwargs
+
+    options = {**GPU_ONLY_DEFAULTS, "protocol": "ucx", "nvlink_only": True, "enable_spilling": False}
+    kwargs = cuda_cluster_kwargs(options, {"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert kwargs["protocol"] == "ucx" and kwargs["enable_cudf_spill"] is False
+    assert kwargs["enable_nvlink"] is True and kwargs["enable_tcp_over_ucx"] is True
+    assert kwargs["enable_infiniband"] is False and kwargs["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert "enable_nvlink" not in cuda_cluster_kwargs({**GPU_ONLY_DEFAULTS, "nvlink_only": True}, {})  # tcp
+
+
+@pytest.mark.skipif(importlib.util.find_spec("rmm") is None, reason="RMM is not installed")
+def test_rmm_options_reach_dask_cuda_when_rmm_is_installed():
+    from nemo_aesthetic.distributed import GPU_ONLY_DEFAULTS, cuda_cluster_kwargs
+
+    kwargs = cuda_cluster_kwargs({**GPU_ONLY_DEFAULTS, "rmm_pool_size": "2GB", "rmm_release_threshold": "1GB"}, {})
+    assert kwargs["rmm_pool_size"] == "2GB" and kwargs["rmm_release_threshold"] == "1GB"
+    assert kwargs["rmm_async"] is True
+
+
+@pytest.mark.skipif(importlib.util.find_spec("rmm") is not None, reason="RMM is installed")
+def test_rmm_options_without_rmm_are_dropped_with_a_warning():
+    from nemo_aesthetic.distributed import GPU_ONLY_DEFAULTS, cuda_cluster_kwargs
+
+    with pytest.warns(UserWarning, match="rmm_pool_size='2GB'"):
+        kwargs = cuda_cluster_kwargs({**GPU_ONLY_DEFAULTS, "rmm_pool_size": "2GB"}, {})
+    assert not any(k.startswith("rmm_") for k in kwargs)
+
+
+def _load_twice_with_upstream_signature():
+    from nemo_aesthetic.utils.distributed_utils import load_object_on_worker, offload_object_on_worker
+
+    calls = []
+
+    def load(scale):
+        calls.append(scale)
+        return {"scale": scale, "pid": os.getpid()}
+
+    first = load_object_on_worker("legacy-test-object", load, {"scale": 3})
+    second = load_object_on_worker("legacy-test-object", load, {"scale": 3})
+    offload_object_on_worker("legacy-test-object")
+    third = load_object_on_worker("legacy-test-object", load, {"scale": 3})
+    offload_object_on_worker("legacy-test-object")
+    return first is second, third is not first, calls, first["pid"]
+
+
+def test_legacy_load_object_on_worker_takes_a_kwargs_dict_and_loads_once(cpu_client):
+    from nemo_aesthetic.utils.distributed_utils import get_current_client, get_num_workers
+
+    same, reloaded, calls, pid = cpu_client.submit(_load_twice_with_upstream_signature, pure=False).result()
+    assert same and reloaded and calls == [3, 3] and pid != os.getpid()
+    assert get_num_workers(cpu_client) == 2 and get_num_workers(None) is None
+    assert get_current_client() is not None

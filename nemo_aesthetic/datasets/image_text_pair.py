@@ -243,6 +243,19 @@ class ImageTextPairDataset:
             "missing": missing,
         }
 
+    def select_top(self, top_percent: float | None = None, top_k: int | None = None,
+                   score_column: str = "aesthetic_score", filter_column: str = "keep") -> dict:
+        """Add ``filter_column``: True for the top ``top_percent`` % (of scored rows) or ``top_k``
+        rows by ``score_column`` over the whole dataset, exactly, without gathering the scores on
+        one machine (``nemo_aesthetic.datasets.selection``). Then ``to_webdataset(path,
+        filter_column)`` writes them. Returns ``{"scored", "kept", "threshold"}``.
+        """
+        from nemo_aesthetic.datasets.selection import mark_top
+
+        self.metadata, summary = mark_top(self.metadata, score_column, top_percent=top_percent, top_k=top_k,
+                                          keep_column=filter_column)
+        return summary
+
     # ------------------------------------------------------------------ helpers
     def _fs_for(self, path: str | None):
         fs, root = fsspec.core.url_to_fs(path or self.path, **self.storage_options)

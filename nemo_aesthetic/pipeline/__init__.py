@@ -64,6 +64,7 @@ class Pipeline:
                              f"(e.g. FilePartitioningStage), not {type(source).__name__}")
         if any(s.is_source for s in stages):
             raise ValueError("only the first stage may be a source stage")
+        _follow_backbones(stages)
         tasks = source.process(EmptyTask(task_id="source", dataset_name=self.name))
         logger.info("pipeline %s: %d partition(s) through %s", self.name, len(tasks),
                     " -> ".join(type(s).__name__ for s in stages) or "(no stages)")
@@ -102,6 +103,20 @@ class Pipeline:
         logger.info("pipeline %s: %d images survived in %.1fs", self.name, sum(t.num_items for t in flat),
                     time.perf_counter() - start)
         return flat
+
+
+def _follow_backbones(stages: Sequence[ProcessingStage]) -> None:
+    """Score stages after an embedding stage take its backbone's head (LAION-Aesthetics V1) and
+    check its embedding width here, before any work, rather than on the first batch."""
+    embedder = None
+    for stage in stages:
+        if getattr(stage, "embedder", None) is not None:
+            embedder = stage.embedder
+        elif embedder is not None and getattr(stage, "classifier", None) is not None:
+            if hasattr(stage, "follow_backbone"):
+                stage.follow_backbone(embedder.model_name)
+            stage.classifier.check_embedding_dim(embedder.embedding_dim, source=f"the ImageEmbeddingStage "
+                                                 f"({embedder.model_name})")
 
 
 def _run_partition(stages: Sequence[ProcessingStage], task: Task) -> list[Task]:

@@ -42,11 +42,18 @@ class ImageClassifier(ABC):
         spec = json.dumps([type(self).__name__, getattr(self, "model_path", None), device], default=str)
         return "classifier-" + hashlib.sha1(spec.encode()).hexdigest()
 
+    #: What the model was trained on, for error messages.
+    expected_embeddings = "OpenAI CLIP ViT-L/14"
+
+    def follow_backbone(self, model_name: str) -> None:
+        """An embedder fusing this classifier names its timm model; heads that depend on the
+        backbone (LAION-Aesthetics V1) pick theirs here. Most classifiers have one model."""
+
     def check_embedding_dim(self, dim: int, source: str = "the embedding column") -> None:
         if dim != self.embedding_size:
             raise ValueError(
                 f"{type(self).__name__} expects {self.embedding_size}-d embeddings "
-                f"(OpenAI CLIP ViT-L/14 image embeddings) but {source} gives {dim}-d ones")
+                f"({self.expected_embeddings} image embeddings) but {source} gives {dim}-d ones")
 
     def __call__(self, dataset):
         """Lazily add ``pred_column`` computed from ``embedding_column`` (null where it is null)."""

@@ -10,9 +10,11 @@ import hashlib
 import json
 from typing import Iterable
 
+from nemo_aesthetic.engine import BatchPreprocessor, SeenKeys, default_device, read_shard
 from nemo_aesthetic.image.embedders.base import ImageEmbedder
 from nemo_aesthetic.image.preprocess import DEFAULT_MAX_PIXELS, cpu_transform, make_preprocessor
-from nemo_aesthetic.image.tensor_preprocess import make_tensor_preprocessor
+from nemo_aesthetic.image.tensor_preprocess import DeviceBatchPreprocessor, make_tensor_preprocessor
+from nemo_aesthetic.prefetch import prefetch
 
 
 class TimmImageEmbedder(ImageEmbedder):
@@ -21,12 +23,17 @@ class TimmImageEmbedder(ImageEmbedder):
     Args:
         model_name: timm model name, with its pretrained tag (``.openai``).
         pretrained: load pretrained weights through timm's hub loading.
-        batch_size: images per forward pass.
-        num_threads_per_worker: decode/preprocess threads per worker.
+        batch_size: images per forward pass. None (the default): 256 on CUDA, 1 on the CPU,
+            chosen on the worker. (NeMo Curator 0.x defaults to 1 everywhere, which leaves a GPU
+            nearly idle; pass ``batch_size=1`` for its behaviour.)
+        num_threads_per_worker: decode/preprocess threads per worker (on the tensor path: the
+            threads that decode what nvJPEG does not take, e.g. PNG or progressive JPEG).
         image_embedding_column: name of the output column.
         normalize_embeddings: L2-normalise (the aesthetic and NSFW heads expect it).
         classifiers: classifiers to fuse: they score each batch right after the forward pass.
-        autocast: bf16 autocast on CUDA (ignored on CPU, where it would only change the scores).
+        autocast: on CUDA, weights cast to bf16 once at load and the forward run under bf16
+            autocast (so no weight is re-cast per batch, while layer norms and softmax stay in
+            fp32); ``False`` keeps fp32. Ignored on CPU, where it would only change the scores.
         use_index_files: accepted for compatibility; tars are streamed, so index files are unused.
         checkpoint_path: a local weights file loaded through timm (instead of, or over, the hub).
         model_kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``, ...).
@@ -35,12 +42,12 @@ class TimmImageEmbedder(ImageEmbedder):
         max_pixels: images with more pixels are refused with a per-row reason.
         decode: "pil" decodes and preprocesses with PIL + timm's transform (the reference path,
             the default on CPU); "tensor" decodes JPEGs with torchvision (nvJPEG on CUDA) and
-            applies timm's transforms to tensors on the device (the default on CUDA; other
-            formats fall back to PIL per image); "auto" picks by device.
+            applies timm's transforms to tensors on the device, a batch at a time (the default
+            on CUDA; other formats fall back to PIL per image); "auto" picks by device.
         compile: ``torch.compile`` the model (worth it for long GPU jobs; first batch is slow).
     """
 
-    def __init__(self, model_name: str, pretrained: bool = False, batch_size: int = 1,
+    def __init__(self, model_name: str, pretrained: bool = False, batch_size: int | None = None,
                  num_threads_per_worker: int = 4, image_embedding_column: str = "image_embedding",
                  normalize_embeddings: bool = True, classifiers: Iterable = (), autocast: bool = True,
                  use_index_files: bool = False, checkpoint_path: str | None = None,
@@ -89,12 +96,17 @@ class TimmImageEmbedder(ImageEmbedder):
                                       checkpoint_path=self.checkpoint_path or None, **kwargs)
         except (OSError, RuntimeError, ValueError) as exc:
             raise RuntimeError(self._load_failure(exc)) from exc
-        model = model.eval().to(device)
-        if self.compile:
-            import torch
+        import torch
 
+        model = model.eval().to(device)
+        if self._bf16_weights(device):
+            model = model.to(torch.bfloat16)  # once; autocast then finds every weight already cast
+        if self.compile:
             model = torch.compile(model)
         return model
+
+    def _bf16_weights(self, device: str) -> bool:
+        return self.autocast and str(device).startswith("cuda")
 
     def decode_mode(self, device: str) -> str:
         """"tensor" (torchvision decode + transforms on the device) or "pil" (the reference path)."""
@@ -120,6 +132,22 @@ class TimmImageEmbedder(ImageEmbedder):
         if self.decode_mode(device) == "tensor":
             return make_tensor_preprocessor(model, device, self.max_pixels)
         return make_preprocessor(cpu_transform(model), self.max_pixels)
+
+    def make_batch_preprocessor(self, model, preprocess, device: str) -> BatchPreprocessor:
+        """On the tensor path, whole batches through nvJPEG (see :class:`DeviceBatchPreprocessor`)."""
+        batcher = getattr(preprocess, "batcher", None)
+        if batcher is not None:
+            import torch
+
+            dtype = torch.bfloat16 if self._bf16_weights(device) else torch.float32  # what autocast feeds the model
+            return DeviceBatchPreprocessor(batcher, self.num_threads_per_worker, dtype)
+        return super().make_batch_preprocessor(model, preprocess, device)
+
+    def iter_shard_items(self, fs, tar_path: str, seen: SeenKeys):
+        """The shard read by a background thread up to two batches ahead, so the tar is read
+        while the model runs (the engine's judging of each sample happens on that thread too)."""
+        depth = max(64, 2 * self.batch_size_on(self.device or default_device()))
+        return prefetch(read_shard(fs, tar_path, seen), depth=depth, name="shard-reader")
 
     def model_cache_key(self, device: str) -> str:
         spec = json.dumps([self.model_name, self.pretrained, self.checkpoint_path, self.model_kwargs,

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from nemo_aesthetic.distributed import load_object_on_worker
-from nemo_aesthetic.image.embedders.base import _make_forward, default_device
+from nemo_aesthetic.engine import default_device, make_forward as _make_forward
 from nemo_aesthetic.image.embedders.timm import TimmImageEmbedder
 from nemo_aesthetic.image.preprocess import ImageDecodeError, cpu_transform
 from nemo_aesthetic.stages.base import ProcessingStage, logger
@@ -70,7 +70,7 @@ class ImageEmbeddingStage(ProcessingStage):
 
     def _model(self, device: str):
         try:
-            return load_object_on_worker(self.embedder.model_cache_key(device), self.embedder._load, device)
+            return load_object_on_worker(self.embedder.model_cache_key(device), self.embedder.load_model_and_preprocessor, device)
         except Exception as exc:
             if self.checkpoint_path is not None:
                 where = f"checkpoint_path {self.checkpoint_path}"

@@ -1,0 +1,64 @@
+"""The Dask client a command runs on: a local cluster it starts and stops, a running scheduler,
+or none (``--cluster sync``)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from nemo_aesthetic.cli.options import UsageError
+
+logger = logging.getLogger("nemo_aesthetic.cli")
+
+
+class _WorkerLogLevel(WorkerPlugin):
+    """Sets the ``nemo_aesthetic`` logger's level on every worker (present and future)."""
+
+    name = "nemo-aesthetic-log-level"
+
+    def __init__(self, level: int):
+        self.level = level
+
+    def setup(self, worker):
+        logging.getLogger("nemo_aesthetic").setLevel(self.level)
+
+
+@contextlib.contextmanager
+def dask_client(cluster: str, scheduler_file: str | None, workers: int | None, n_shards: int, quiet: bool):
+    """A Dask client for the run (None for ``sync``), closed afterwards with any cluster it started."""
+    import dask
+
+    if scheduler_file and cluster != "cpu":
+        raise UsageError("give --cluster or --scheduler-file, not both")
+    if cluster == "sync" and not scheduler_file:
+        with dask.config.set(scheduler="synchronous"):
+            yield None
+        return
+    from nemo_aesthetic import get_client
+
+    if scheduler_file:
+        client = get_client(scheduler_file=scheduler_file)
+    elif cluster == "cpu":
+        n_workers = workers or max(1, min(os.cpu_count() or 1, n_shards))
+        logger.info("starting a local Dask cluster with %d worker process(es)", n_workers)
+        client = get_client("cpu", n_workers=n_workers, threads_per_worker=1, dashboard_address=":0")
+    elif cluster == "gpu":
+        client = get_client("gpu")
+    else:
+        client = get_client(scheduler_address=cluster)
+    started = client.cluster if (scheduler_file is None and cluster in ("cpu", "gpu")) else None
+    try:
+        level = logging.WARNING if quiet else logging.INFO
+        client.register_plugin(_WorkerLogLevel(level))
+        client.forward_logging("nemo_aesthetic", level=level)
+        yield client
+    finally:
+        # Workers that take a few seconds to exit get killed by their nanny with a WARNING: the
+        # results are already written by then, so that message is only noise here.
+        nanny = logging.getLogger("distributed.nanny")
+        nanny.setLevel(logging.ERROR)
+        client.close()
+        if started is not None:
+            started.close()

@@ -1,0 +1,114 @@
+"""Steps more than one command takes: choosing and checking the model, running the embedder,
+reading the written Parquet back, and checking a dataset path before any heavy import."""
+from __future__ import annotations
+
+import time
+
+from nemo_aesthetic.cli.console import shard_progress
+from nemo_aesthetic.cli.options import DEFAULT_MODEL, TINY_KWARGS, TINY_MODEL, UsageError
+from nemo_aesthetic.weights import WeightsUnavailableError
+
+
+def model_choice(args) -> tuple[str, dict, bool, str | None]:
+    """(model name, model kwargs, pretrained, checkpoint) from the options."""
+    name = args.model or (TINY_MODEL if args.tiny else DEFAULT_MODEL)
+    kwargs = dict(TINY_KWARGS if (args.tiny and args.model_kwargs is None) else (args.model_kwargs or {}))
+    checkpoint = args.clip_checkpoint
+    pretrained = not args.tiny and checkpoint is None
+    return name, kwargs, pretrained, checkpoint
+
+
+def concrete_head(args, model: str) -> str:
+    """The aesthetic head ``--head`` means after ``model`` ("v1" follows the backbone)."""
+    from nemo_aesthetic.image.classifiers.aesthetic import resolve_head
+
+    return resolve_head(getattr(args, "head", "v2"), model)
+
+
+def check_weights(args, model: str, kwargs: dict, pretrained: bool, checkpoint: str | None,
+                  local: bool) -> str:
+    """Resolve the aesthetic weights (of ``--head``) and check the CLIP weights; report every
+    missing file at once.
+
+    ``local``: the workers share this machine's files, so the CLIP weights can be checked here;
+    on a remote cluster they are the workers' business.
+    """
+    from nemo_aesthetic.image.classifiers.aesthetic import HEADS
+    from nemo_aesthetic.weights import check_checkpoint, check_clip_weights, resolve_aesthetic_weights
+
+    problems, aesthetic = [], None
+    try:
+        aesthetic = resolve_aesthetic_weights(args.aesthetic_weights, HEADS[concrete_head(args, model)][0])
+    except WeightsUnavailableError as exc:
+        problems.append(str(exc))
+    if checkpoint is not None:
+        if local:
+            check_checkpoint(checkpoint, model, kwargs)
+    elif pretrained and local:
+        try:
+            check_clip_weights(model)
+        except WeightsUnavailableError as exc:
+            problems.append(str(exc))
+    if problems:
+        header = (f"{len(problems)} model files are missing; place both, then run again.\n\n"
+                  if len(problems) > 1 else "")
+        raise WeightsUnavailableError(header + "\n\n".join(problems))
+    return aesthetic
+
+
+def make_embedder(model: str, kwargs: dict, pretrained: bool, checkpoint: str | None, aesthetic: str,
+                  batch_size: int, threads: int, head: str = "v2"):
+    from nemo_aesthetic.image.classifiers import AestheticClassifier
+    from nemo_aesthetic.image.embedders import TimmImageEmbedder
+
+    return TimmImageEmbedder(model, pretrained=pretrained, checkpoint_path=checkpoint, model_kwargs=kwargs,
+                             batch_size=batch_size, num_threads_per_worker=threads,
+                             classifiers=[AestheticClassifier(model_path=aesthetic, head=head)])
+
+
+def run_and_save(dataset, embedder, out: str | None, client, quiet: bool) -> float:
+    """Embed + score + save_metadata; returns the seconds it took."""
+    scored = embedder(dataset)
+    start = time.perf_counter()
+    with shard_progress(len(dataset.shards), quiet, wait_for_logs=client is not None):
+        scored.save_metadata(out)
+    return time.perf_counter() - start
+
+
+def read_results(fs, root: str, shards, columns: list[str]):
+    """The given columns of every written shard Parquet, as one pandas frame (with the shard name)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    frames = []
+    for shard in shards:
+        with fs.open(f"{root}/{shard.name}.parquet", "rb") as f:
+            names = pq.read_schema(f).names
+            f.seek(0)
+            table = pq.read_table(f, columns=[c for c in columns if c in names])
+        frame = table.to_pandas()
+        frame.insert(0, "shard", shard.name)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["shard", *columns])
+
+
+def shorten(text, width: int) -> str:
+    text = "" if text is None or text != text else str(text)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def fs_root(path: str):
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    return fs, root.rstrip("/")
+
+
+def check_dataset_path(path: str) -> None:
+    """A quick check before the heavy imports, so a typo in PATH fails in a second, not ten."""
+    fs, root = fs_root(path)
+    if not fs.exists(root):
+        raise UsageError(f"dataset path does not exist: {path}")
+    if not fs.isdir(root):
+        raise UsageError(f"dataset path is not a directory: {path}")

@@ -1,0 +1,94 @@
+"""``nemo-aesthetic filter PATH --threshold T | --top-percent P | --top-k N --out DIR``: a new WebDataset
+of the rows scoring >= T, or of the best P % / N rows of the whole dataset (exact, computed on Dask
+by ``ImageTextPairDataset.select_top`` without gathering the scores in one place)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+
+from nemo_aesthetic.cli import common
+from nemo_aesthetic.cli.options import (FILTER_COLUMN, PROG, SCORE_COLUMN, UsageError, add_quiet_option,
+                                        positive_int)
+
+logger = logging.getLogger("nemo_aesthetic.cli")
+
+
+def add_parser(sub) -> None:
+    filt = sub.add_parser(
+        "filter", help="write a new WebDataset with the rows whose aesthetic_score >= T, or the top P %% / N",
+        description="Write the samples of PATH whose aesthetic_score >= THRESHOLD, or the best --top-percent P "
+                    "%% (of the scored rows, rounded up) or --top-k N rows of the whole dataset, as a new, "
+                    "resharded WebDataset in --out (tars + Parquet, new keys). PATH's metadata must already have "
+                    "aesthetic_score (run 'score' first, in place). Rows without a score are not kept; of rows "
+                    "tied at the cut, the first in shard order are kept, so exactly N rows are selected.")
+    filt.add_argument("path", metavar="PATH", help="scored dataset directory (tars + Parquet with aesthetic_score)")
+    how = filt.add_mutually_exclusive_group(required=True)
+    how.add_argument("--threshold", metavar="T", type=float, help="keep rows with score >= T")
+    how.add_argument("--top-percent", metavar="P", type=_percent, help="keep the best P %% of the scored rows")
+    how.add_argument("--top-k", metavar="N", type=positive_int, help="keep the best N rows")
+    filt.add_argument("--out", metavar="DIR", required=True, help="output directory (not PATH)")
+    filt.add_argument("--mode", choices=("error", "overwrite", "resume"), default="error",
+                      help="if --out already holds shards: error (default), overwrite them, or resume an "
+                           "interrupted run of the same filter (keeps complete output shards)")
+    filt.add_argument("--samples-per-shard", metavar="N", type=positive_int, default=10000,
+                      help="samples per output shard (default: 10000)")
+    filt.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
+    add_quiet_option(filt, "no log lines and no progress bar")
+    filt.set_defaults(func=run)
+
+
+def _percent(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"must be within (0, 100], got {value:g}")
+    return value
+
+
+def run(args) -> int:
+    common.check_dataset_path(args.path)
+    import dask
+
+    from nemo_aesthetic.datasets import ImageTextPairDataset
+
+    dataset = ImageTextPairDataset.from_webdataset(args.path, id_col=args.id_col)
+    columns = list(dataset.metadata.columns)
+    if SCORE_COLUMN not in columns:
+        raise UsageError(f"{args.path} has no {SCORE_COLUMN} column (columns: {', '.join(map(str, columns))}); "
+                         f"run '{PROG} score {args.path}' first")
+    if all(s.tar is None for s in dataset.shards):
+        raise UsageError(f"{args.path} has metadata but no tar files; run filter on the directory that holds "
+                         "the tars and the scored Parquet (score in place, without --out)")
+    score = dataset.metadata[SCORE_COLUMN]
+    if args.threshold is None:
+        selected = dataset.select_top(args.top_percent, args.top_k, SCORE_COLUMN, FILTER_COLUMN)
+        rule = (f"top {args.top_percent:g} %" if args.top_k is None else f"top {args.top_k}") + (
+            f", score >= {selected['threshold']:.4f}" if selected["threshold"] is not None else "")
+    else:
+        dataset.metadata = dataset.metadata.assign(**{FILTER_COLUMN: (score >= args.threshold).fillna(False)})
+        rule = f"score >= {args.threshold:g}"
+    context = contextlib.nullcontext()
+    if not args.quiet and sys.stderr.isatty():
+        from dask.diagnostics import ProgressBar
+
+        context = ProgressBar(out=sys.stderr)
+    with context:
+        rows, kept_rows, missing_scores = dask.compute(
+            score.size, dataset.metadata[FILTER_COLUMN].sum(), score.isna().sum())
+        logger.info("writing the %d row(s) with %s to %s", int(kept_rows), rule, args.out)
+        result = dataset.to_webdataset(args.out, FILTER_COLUMN, samples_per_shard=args.samples_per_shard,
+                                       mode=args.mode)
+    rows, kept_rows, missing_scores = int(rows), int(kept_rows), int(missing_scores)
+    dropped = rows - kept_rows - missing_scores
+    print(f"rows: {rows}   kept: {result['written']} ({rule})   dropped: {dropped} (below)   "
+          f"missing: {missing_scores} (no score)")
+    if result["missing"]:
+        print(f"  {len(result['missing'])} kept row(s) had no image in their tar and were not written, "
+              f"e.g. {result['missing'][:3]}")
+    print(f"wrote {result['written']} samples in {result['shards']} shard(s) to {args.out}")
+    return 0

@@ -1,0 +1,110 @@
+"""What the commands share on the command line: the parser class, option types and option groups.
+
+Kept free of heavy imports (no torch, timm, dask.dataframe) so ``--help`` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+from nemo_aesthetic.weights import CLIP_MODEL
+
+PROG = "nemo-aesthetic"
+#: The CLIP model the LAION aesthetic predictor was trained on (OpenAI ViT-L/14, QuickGELU).
+DEFAULT_MODEL = CLIP_MODEL
+#: A tiny, randomly initialised model of the same family (768-d output) for offline smoke tests.
+TINY_MODEL = "vit_large_patch14_clip_quickgelu_224"
+TINY_KWARGS = {"depth": 1, "embed_dim": 32, "num_heads": 2, "global_pool": "avg"}  # avg: sees the picture
+SCORE_COLUMN = "aesthetic_score"
+FILTER_COLUMN = "passes_aesthetic_check"
+LOCAL_CLUSTERS = ("cpu", "gpu", "sync")
+
+
+class UsageError(Exception):
+    """A problem the user can fix; printed without a traceback, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"depth\": 1}}', got {text!r}")
+    return value
+
+
+def cluster_address(text: str) -> str:
+    if text in LOCAL_CLUSTERS or "://" in text or re.fullmatch(r"[\w.\-\[\]:]+:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: use cpu, gpu, sync or a scheduler address such as tcp://host:8786")
+
+
+def add_model_options(p: argparse.ArgumentParser, batch_default_help: str) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", metavar="NAME", default=None,
+                   help=f"timm model name with its pretrained tag (default: {DEFAULT_MODEL}, the CLIP "
+                        "ViT-L/14 the aesthetic predictor was trained on; with --head v1 also OpenAI CLIP "
+                        "ViT-B/16 or ViT-B/32, e.g. vit_base_patch32_clip_224.openai)")
+    g.add_argument("--clip-checkpoint", metavar="PATH", default=None,
+                   help="local weights file for the CLIP model (a timm state dict, .pth/.bin/.safetensors), "
+                        "loaded with pretrained=False instead of the Hugging Face hub")
+    g.add_argument("--model-kwargs", metavar="JSON", type=json_object, default=None,
+                   help="extra timm.create_model arguments as a JSON object, e.g. "
+                        "'{\"depth\": 1, \"embed_dim\": 32, \"num_heads\": 2}'")
+    g.add_argument("--aesthetic-weights", metavar="PATH", default=None,
+                   help="the LAION aesthetic predictor file sac+logos+ava1-l14-linearMSE.pth (default: "
+                        "$NEMO_AESTHETIC_HOME, else ~/.cache/nemo_aesthetic, downloaded there if absent and online)")
+    g.add_argument("--batch-size", metavar="N", type=positive_int, default=None,
+                   help=f"images per forward pass ({batch_default_help})")
+
+
+HEAD_CHOICES = ("v2", "v1", "v1-l14", "v1-b16", "v1-b32")  # = image.classifiers.aesthetic.HEAD_CHOICES
+
+
+def add_head_option(p: argparse.ArgumentParser, backbone: str) -> None:
+    p.add_argument("--head", choices=HEAD_CHOICES, default="v2",
+                   help="aesthetic head: v2, the LAION improved aesthetic predictor (default; CLIP ViT-L/14), or "
+                        f"LAION-Aesthetics V1, a linear head per OpenAI CLIP backbone: v1 takes {backbone} "
+                        "(ViT-L/14, B/16 or B/32), v1-l14 / v1-b16 / v1-b32 choose one; --aesthetic-weights "
+                        "then names that head's file")
+
+
+def add_run_options(p: argparse.ArgumentParser, cluster_default: str) -> None:
+    g = p.add_argument_group("cluster")
+    g.add_argument("--cluster", type=cluster_address, default=cluster_default, metavar="cpu|gpu|sync|ADDRESS",
+                   help="cpu: a local Dask cluster of worker processes; gpu: dask-cuda's LocalCUDACluster, one "
+                        "worker per GPU (needs the gpu extra); sync: no cluster, everything in this process with "
+                        "dask's synchronous scheduler (small jobs, tests); ADDRESS: a running scheduler such as "
+                        f"tcp://host:8786 (default: {cluster_default})")
+    g.add_argument("--scheduler-file", metavar="F", default=None,
+                   help="connect to the cluster whose scheduler wrote this file (dask scheduler --scheduler-file F)")
+    g.add_argument("--workers", metavar="N", type=positive_int, default=None,
+                   help="worker processes of a local cpu cluster (default: one per shard, at most one per CPU "
+                        "core; each loads its own copy of the model)")
+    g.add_argument("--threads", metavar="N", type=positive_int, default=4,
+                   help="image decode/preprocess threads per worker (default: 4)")
+    add_quiet_option(p, "no per-shard log lines and no progress bar (warnings and the results still print)")
+
+
+def add_quiet_option(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help=help_text)

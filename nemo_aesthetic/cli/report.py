@@ -1,0 +1,49 @@
+"""``nemo-aesthetic report PATH``: one self-contained HTML page about a scored dataset."""
+from __future__ import annotations
+
+import os
+
+from nemo_aesthetic.cli import common
+from nemo_aesthetic.cli.options import UsageError, add_quiet_option, positive_int
+
+
+def add_parser(sub) -> None:
+    rep = sub.add_parser(
+        "report", help="write an HTML report of a scored dataset: histogram, best/worst images, errors",
+        description="Write one self-contained HTML file (images and chart embedded, no network needed to view "
+                    "it) about PATH's scores: rows, scored, errors and score quantiles; a histogram with the "
+                    "threshold marked; the top-N, bottom-N and around-the-threshold images with captions and "
+                    "scores; the errors grouped by reason. The histogram is also written as a PNG next to the "
+                    "HTML (report.html -> report.png). PATH's metadata must have aesthetic_score (run 'score' "
+                    "first); only the images shown are read from the tars.")
+    rep.add_argument("path", metavar="PATH", help="scored dataset directory (tars + Parquet with aesthetic_score)")
+    rep.add_argument("--out", metavar="FILE", default="report.html",
+                     help="the HTML file to write (default: ./report.html; the PNG goes beside it)")
+    rep.add_argument("--threshold", metavar="T", type=float, default=None,
+                     help="the score to mark, as 'filter --threshold T' would keep >= T (default: the median score)")
+    rep.add_argument("--top", metavar="N", type=positive_int, default=20,
+                     help="images in each grid: top N, bottom N, N around the threshold (default: 20)")
+    rep.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
+    add_quiet_option(rep, "no log lines")
+    rep.set_defaults(func=run)
+
+
+def run(args) -> int:
+    common.check_dataset_path(args.path)
+    if args.threshold is not None and args.threshold != args.threshold:
+        raise UsageError("--threshold must be a number, not nan")
+    from nemo_aesthetic import report
+
+    if os.path.isdir(args.out):
+        raise UsageError(f"--out is a directory, expected a file name such as report.html: {args.out}")
+    if args.out.lower().endswith(".png"):
+        raise UsageError(f"--out is the HTML file (its histogram goes beside it as .png): {args.out}")
+    s = report.write_report(args.path, args.out, threshold=args.threshold, top=args.top, id_col=args.id_col)
+    print(f"rows: {s['rows']}   scored: {s['scored']}   errors: {s['errors']}")
+    if s["threshold"] is not None:
+        how = "the median score; pass --threshold to choose" if s["threshold_is_median"] else "given"
+        print(f"threshold: {s['threshold']:.3f} ({how}): {s['passing']} of {s['scored']} scored rows >= it")
+    if s["missing_images"]:
+        print(f"  {s['missing_images']} image(s) could not be read from the tars and show as a grey box")
+    print(f"report written to {s['html']} (histogram also in {s['png']})")
+    return 0

@@ -1,0 +1,72 @@
+"""``nemo-aesthetic score PATH``: embed and score a dataset, write its metadata with the scores."""
+from __future__ import annotations
+
+import logging
+
+from nemo_aesthetic.cli import common
+from nemo_aesthetic.cli.cluster import dask_client
+from nemo_aesthetic.cli.options import (LOCAL_CLUSTERS, SCORE_COLUMN, add_head_option, add_model_options,
+                                        add_run_options)
+from nemo_aesthetic.report import error_groups  # the error grouping, shared with the HTML report
+
+logger = logging.getLogger("nemo_aesthetic.cli")
+
+
+def add_parser(sub) -> None:
+    score = sub.add_parser(
+        "score", help="embed and score a dataset, write the metadata with aesthetic_score",
+        description="Embed every image of PATH (a directory of NNNNN.tar + NNNNN.parquet shards, local or any "
+                    "fsspec URL) with CLIP, score it with the aesthetic predictor, and write each shard's "
+                    "Parquet with new columns image_embedding, aesthetic_score and error (the reason a row has no "
+                    "score). Every input row is kept. Prints rows, scored, errors by reason, score quantiles and "
+                    "images/s.")
+    score.add_argument("path", metavar="PATH", help="dataset directory (img2dataset output)")
+    score.add_argument("--out", metavar="DIR", default=None,
+                       help="write the Parquet files here instead of over PATH's (only Parquet is written; "
+                            "'filter' needs the scored Parquet beside the tars, so score in place to filter)")
+    score.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
+    add_model_options(score, "default: 64 with --cluster gpu, else 8")
+    add_head_option(score, "the model's")
+    add_run_options(score, "cpu")
+    score.set_defaults(func=run, tiny=False)
+
+
+def run(args) -> int:
+    common.check_dataset_path(args.path)
+    from nemo_aesthetic.datasets import ImageTextPairDataset
+
+    dataset = ImageTextPairDataset.from_webdataset(args.path, id_col=args.id_col)
+    local = args.scheduler_file is None and args.cluster in LOCAL_CLUSTERS
+    model, kwargs, pretrained, checkpoint = common.model_choice(args)
+    aesthetic = common.check_weights(args, model, kwargs, pretrained, checkpoint, local)
+    batch_size = args.batch_size or (64 if args.cluster == "gpu" else 8)
+    embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, args.threads,
+                                    common.concrete_head(args, model))
+    out = args.out or args.path
+    with dask_client(args.cluster, args.scheduler_file, args.workers, len(dataset.shards), args.quiet) as client:
+        logger.info("scoring %d shard(s) of %s with %s", len(dataset.shards), args.path, model)
+        elapsed = common.run_and_save(dataset, embedder, args.out, client, args.quiet)
+    fs, root = common.fs_root(out)
+    results = common.read_results(fs, root, dataset.shards, [args.id_col, SCORE_COLUMN, "error"])
+    print_summary(results, elapsed, out)
+    return 0
+
+
+def print_summary(results, elapsed: float, where: str) -> None:
+    import numpy as np
+
+    rows = len(results)
+    scores = results[SCORE_COLUMN].to_numpy(dtype=float, na_value=np.nan) if rows else np.array([])
+    scored = int(np.isfinite(scores).sum())
+    errors = results["error"].dropna().astype(str) if "error" in results else []
+    rate = scored / elapsed if elapsed > 0 else 0.0
+    print(f"rows: {rows}   scored: {scored}   errors: {len(errors)}   "
+          f"time: {elapsed:.1f}s   {rate:.2f} images/s (end to end, model loading included)")
+    if len(errors):
+        print("errors by reason:")
+        for name, count, example in error_groups(errors):
+            print(f"  {count:>8}  {name}   e.g. {common.shorten(example, 90)}")
+    if scored:
+        q = np.quantile(scores[np.isfinite(scores)], [0, 0.1, 0.5, 0.9, 1.0])
+        print("aesthetic_score: min {:.3f}  p10 {:.3f}  median {:.3f}  p90 {:.3f}  max {:.3f}".format(*q))
+    print(f"metadata written to {where} (columns {SCORE_COLUMN}, image_embedding, error)")
