@@ -387,6 +387,7 @@ def _write_output_shard(fs_in, in_shards, slices, parts, counts, fs_out, out_roo
             if old_id_col:
                 out[old_id_col] = out[id_col]
             out[id_col] = [new_ids[p] for p in positions]
+            out[id_col] = out[id_col].astype(str)  # (an empty slice would make it float: one schema per output)
             written_rows.append(out)
             if last_slice:
                 missing += [(shard.name, k) for p, k in enumerate(ids) if p not in counted]

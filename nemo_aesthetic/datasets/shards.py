@@ -20,6 +20,7 @@ extension) are counted as skipped, not guessed at.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import dataclasses
 import gzip
 import io
@@ -285,6 +286,9 @@ class TarShardWriter:
             except BaseException as close_error:
                 self._cm.__exit__(type(close_error), close_error, close_error.__traceback__)
                 raise
+        else:  # closed all the same (into the doomed temporary file), or it retries at garbage collection
+            with contextlib.suppress(Exception):
+                self._tar.close()
         return self._cm.__exit__(exc_type, exc, tb)
 
 
