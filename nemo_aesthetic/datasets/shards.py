@@ -318,12 +318,18 @@ def unified_schema(fs: fsspec.AbstractFileSystem, shards: list[Shard], id_col: s
     def footer(shard: Shard):
         try:
             with fs.open(shard.parquet, "rb") as f:
-                return pq.read_schema(f).remove_metadata()
+                metadata = pq.ParquetFile(f).metadata
+                return metadata.schema.to_arrow_schema().remove_metadata(), metadata.num_rows
         except Exception as exc:  # pyarrow raises several types for a corrupt file
             raise ValueError(f"cannot read metadata file {shard.parquet}: {type(exc).__name__}: {exc}") from exc
 
     with ThreadPoolExecutor(16) as pool:
-        schemas = list(pool.map(footer, shards))
+        footers = list(pool.map(footer, shards))
+    schemas = [schema for schema, _ in footers]
+    if any(rows for _, rows in footers):
+        # A shard with no rows says nothing about types (pandas writes an empty column as double).
+        schemas = [pa.schema([(f.name, pa.null()) for f in schema]) if not rows else schema
+                   for schema, rows in footers]
     for shard, schema in zip(shards, schemas):
         if id_col not in schema.names:
             raise KeyError(f"id_col {id_col!r} is not a column of {shard.parquet}; columns: {schema.names}")
