@@ -99,14 +99,15 @@ def commit_staged(fs: fsspec.AbstractFileSystem, staging: str, root: str, replac
     on object stores); ``.parquet`` files move after the others, so a shard's Parquet, which
     marks it finished for a resume, never arrives before its tar.
     """
-    new = fs.ls(staging, detail=False)
+    new = fs.ls(staging, detail=False) if fs.exists(staging) else []  # (nothing kept: nothing staged)
     names = {posixpath.basename(p.rstrip("/")) for p in new}
     for path in sorted(new, key=lambda p: p.endswith(".parquet")):
         fs.mv(path, posixpath.join(root, posixpath.basename(path.rstrip("/"))))
     old = [p for p in replaced if posixpath.basename(p) not in names]
     if old:
         fs.rm(old)
-    fs.rm(staging, recursive=True)
+    if new:
+        fs.rm(staging, recursive=True)
 
 
 def is_temporary(name: str) -> bool:

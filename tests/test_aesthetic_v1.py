@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 from factory import write_img2dataset
 
 from nemo_aesthetic import frames
@@ -25,6 +25,7 @@ from nemo_aesthetic.image.embedders import TimmImageEmbedder
 from nemo_aesthetic.weights import AESTHETIC_V1_WEIGHTS, MIRROR_ENV, WeightsUnavailableError, sha256_of
 
 V1_DIR = SHARED / "models" / "laion-v1"
+pytestmark = needs_shared(V1_DIR, "the real LAION-Aesthetics V1 weights")
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "global_pool": "avg"}
 BACKBONES = {  # timm model -> (concrete head, weights key, width)
     "vit_large_patch14_clip_224.openai": ("v1-l14", "vit_l_14", 768),

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 from test_cluster_and_s3 import s3_endpoint  # noqa: F401  (the moto server fixture)
 
 from nemo_aesthetic.embeddings import EmbeddingFileError, score_embeddings
@@ -18,6 +18,7 @@ from nemo_aesthetic.image.classifiers.aesthetic import load_linear, load_upstrea
 MODELS = SHARED / "models"
 V2 = MODELS / "sac+logos+ava1-l14-linearMSE.pth"
 V1_L14 = MODELS / "laion-v1" / "sa_0_4_vit_l_14_linear.pth"
+pytestmark = needs_shared(V1_L14, "the real LAION aesthetic weights (v2 and V1)")
 SIZES = [1000, 1, 2500]  # three files; with batch_rows=700 and rows_per_task=1000: several batches and tasks
 
 

@@ -186,12 +186,15 @@ def test_thresholds_writer_and_corrupt_images(client, dataset, model_dir, tmp_pa
     boundary = sorted(aesthetic, key=aesthetic.get)[len(aesthetic) // 2]
     threshold = aesthetic[boundary]
     out = tmp_path / "out"
-    kept = _images(Pipeline("aesthetic", stages=stages(
+    written_tasks = Pipeline("aesthetic", stages=stages(
         ImageAestheticFilterStage(model_dir=str(model_dir), score_threshold=threshold),
-        writer=ImageWriterStage(str(out), images_per_tar=3))).run(executor=client))
+        writer=ImageWriterStage(str(out), images_per_tar=3))).run(executor=client)
+    # The writer returns upstream's FileGroupTask of what it wrote: images-<hash>-<chunk>.tar/.parquet.
+    files = sorted(os.path.basename(p) for t in written_tasks for p in t.data)
+    assert files == sorted(os.listdir(out)) and all(f.startswith("images-") for f in files)
+    kept = {k: images[k] for k in pd.concat(pd.read_parquet(out / f) for f in files if f.endswith(".parquet"))["image_id"]}
     assert boundary in kept
     assert set(kept) == {k for k, s in aesthetic.items() if s >= threshold}
-    assert all(im.image_data is None for im in kept.values())  # released after writing
 
     # The writer: original bytes and members under the original keys, a parquet per tar.
     written, rows = {}, []
@@ -202,6 +205,8 @@ def test_thresholds_writer_and_corrupt_images(client, dataset, model_dir, tmp_pa
             written.update(dict(members))
             table = pd.read_parquet(out / name.replace(".tar", ".parquet"))
             assert list(table["image_id"]) == list(dict.fromkeys(n.split(".")[0] for n, _ in members))
+            assert list(table["member_name"]) == [f"{k}.jpg" for k in table["image_id"]]
+            assert set(table["tar_file"]) == {str(out / name)}
             rows.append(table)
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
     assert {n.split(".")[0] for n in written} == set(kept)
@@ -213,8 +218,8 @@ def test_thresholds_writer_and_corrupt_images(client, dataset, model_dir, tmp_pa
     for key, im in kept.items():
         assert meta.loc[key, "caption"] == (im.metadata["caption"])
         assert meta.loc[key, "aesthetic_score"] == im.aesthetic_score
+        assert meta.loc[key, "original_path"] == im.image_path
         np.testing.assert_array_equal(np.asarray(meta.loc[key, "embedding"], dtype=np.float32), im.embedding)
-        assert pd.isna(meta.loc[key, "nsfw_score"])
 
     # NSFW keeps score < threshold: the image scoring exactly the threshold goes.
     boundary = sorted(nsfw, key=nsfw.get)[len(nsfw) // 2]
@@ -230,7 +235,7 @@ def test_reader_logs_why_it_drops_an_image(dataset, caplog):
 
     root, good = dataset
     good = _add_damaged_shard(root, dict(good))
-    (task,) = FilePartitioningStage(str(root / "00002.tar")).process()
+    (task,) = FilePartitioningStage(str(root / "00002.tar"), file_extensions=[".tar"]).process()
     with caplog.at_level(logging.WARNING, logger="nemo_aesthetic"):
         batches = ImageReaderStage(batch_size=10, num_threads=2).process(task)
     assert [im.image_id for b in batches for im in b.data] == ["000020000", "000020003"]
@@ -241,7 +246,7 @@ def test_reader_logs_why_it_drops_an_image(dataset, caplog):
     # A tar cut short: the samples before the damage survive, the error is logged.
     data = (root / "00000.tar").read_bytes()
     (root / "cut.tar").write_bytes(data[:len(data) // 2 + 100])
-    (task,) = FilePartitioningStage(str(root / "cut.tar")).process()
+    (task,) = FilePartitioningStage(str(root / "cut.tar"), file_extensions=[".tar"]).process()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="nemo_aesthetic"):
         batches = ImageReaderStage(batch_size=10, num_threads=2).process(task)
@@ -257,23 +262,29 @@ def test_file_partitioning(dataset):
     root, good = dataset
     tasks = FilePartitioningStage(str(root), files_per_partition=1, file_extensions=[".tar"]).process()
     assert [[os.path.basename(p) for p in t.data] for t in tasks] == [["00000.tar"], ["00001.tar"]]
-    assert [t.task_id for t in tasks] == ["00000", "00001"]
-    (both,) = FilePartitioningStage([str(root)], files_per_partition=5).process()
+    assert [t._metadata["partition_index"] for t in tasks] == [0, 1]
+    assert all(t.dataset_name == "tar_dataset" for t in tasks)
+    (both,) = FilePartitioningStage([str(root)], files_per_partition=5, file_extensions=[".tar"]).process()
     assert len(both.data) == 2  # parquet and stats files are not shards
+    # upstream's default extensions (.jsonl, .json, .parquet): no tars
+    assert sorted(os.path.basename(t.data[0]) for t in FilePartitioningStage(str(root)).process()) == \
+        ["00000.parquet", "00000_stats.json", "00001.parquet", "00001_stats.json"]
     assert len(FilePartitioningStage(str(root), limit=1).process()) == 1
+    one_mb = FilePartitioningStage(str(root), blocksize="1MB", file_extensions=[".tar"]).process()
+    assert [len(t.data) for t in one_mb] == [2]
     with pytest.raises(FileNotFoundError):
         FilePartitioningStage(str(root / "nope")).process()
     # fsspec URLs stay URLs, and the reader opens them.
     from nemo_aesthetic.stages.image.io.image_reader import ImageReaderStage
 
-    url_tasks = FilePartitioningStage(root.as_uri(), files_per_partition=2).process()
+    url_tasks = FilePartitioningStage(root.as_uri(), files_per_partition=2, file_extensions=[".tar"]).process()
     assert url_tasks[0].data[0].startswith("file://")
     batches = ImageReaderStage(batch_size=100).process(url_tasks[0])
     assert sum(len(b.data) for b in batches) == len(good)
 
 
 def test_gpu_resources_only_where_workers_advertise_them():
-    from nemo_aesthetic.pipeline import _gpu_resources
+    from nemo_aesthetic.backends.dask import gpu_resources as _gpu_resources
     from nemo_aesthetic.stages.image.io.image_reader import ImageReaderStage
 
     class FakeClient:
@@ -297,7 +308,7 @@ def test_missing_head_weights_name_the_path(tmp_path):
     for stage, name in [(ImageAestheticFilterStage, "sac+logos+ava1-l14-linearMSE.pth"),
                         (ImageNSFWFilterStage, "clip_autokeras_binary_nsfw.pth")]:
         with pytest.raises(WeightsUnavailableError, match="offline") as info:
-            stage(model_dir=str(tmp_path))
+            stage(model_dir=str(tmp_path)).setup()
         assert os.path.join(str(tmp_path), name) in str(info.value)
 
 
@@ -309,7 +320,8 @@ def test_missing_clip_weights_offline_name_the_cache(client, dataset, tmp_path):
 
     root, _ = dataset
     empty = tmp_path / "empty_models"
-    pipeline = Pipeline("missing", stages=[FilePartitioningStage(str(root), limit=1), ImageReaderStage(),
+    pipeline = Pipeline("missing", stages=[FilePartitioningStage(str(root), limit=1, file_extensions=[".tar"]),
+                                           ImageReaderStage(),
                                            ImageEmbeddingStage(model_dir=str(empty), model_kwargs=TINY_KWARGS)])
     with pytest.raises(RuntimeError, match="cannot load CLIP model") as info:
         pipeline.run(executor=client)
@@ -334,7 +346,7 @@ def test_example_script_runs(client, dataset, model_dir, monkeypatch, capsys):
 def test_pipeline_starts_and_closes_its_own_cluster(dataset, monkeypatch):
     """No client around: the pipeline starts a LocalCluster and closes it afterwards."""
     import nemo_aesthetic.distributed
-    import nemo_aesthetic.pipeline as pipeline_mod
+    import nemo_aesthetic.backends.dask as pipeline_mod
     from nemo_aesthetic.pipeline import Pipeline
     from nemo_aesthetic.stages.file_partitioning import FilePartitioningStage
     from nemo_aesthetic.stages.image.io.image_reader import ImageReaderStage
@@ -350,7 +362,8 @@ def test_pipeline_starts_and_closes_its_own_cluster(dataset, monkeypatch):
     monkeypatch.setattr(pipeline_mod, "_current_client", lambda: None)
     monkeypatch.setattr(nemo_aesthetic.distributed, "get_client", get_client)
     root, good = dataset
-    results = Pipeline("own", stages=[FilePartitioningStage(str(root)), ImageReaderStage(batch_size=2)]).run()
+    results = Pipeline("own", stages=[FilePartitioningStage(str(root), file_extensions=[".tar"]),
+                                      ImageReaderStage(batch_size=2)]).run()
     assert set(_images(results)) == set(good)
     assert len(started) == 1 and started[0].status == "closed"
 
@@ -361,7 +374,7 @@ def test_add_stage_and_validation():
 
     p = Pipeline("p", description="d")
     assert p.add_stage(ImageReaderStage()) is p
-    with pytest.raises(ValueError, match="must create the tasks"):
+    with pytest.raises(ValueError, match="No tar file paths"):
         p.run()
     with pytest.raises(TypeError):
         p.add_stage(object())

@@ -64,6 +64,7 @@ def run(args) -> int:
     if all(s.tar is None for s in dataset.shards):
         raise UsageError(f"{args.path} has metadata but no tar files; run filter on the directory that holds "
                          "the tars and the scored Parquet (score in place, without --out)")
+    _check_out(args)
     score = dataset.metadata[SCORE_COLUMN]
     if args.threshold is None:
         selected = dataset.select_top(args.top_percent, args.top_k, SCORE_COLUMN, FILTER_COLUMN)
@@ -90,5 +91,22 @@ def run(args) -> int:
     if result["missing"]:
         print(f"  {len(result['missing'])} kept row(s) had no image in their tar and were not written, "
               f"e.g. {result['missing'][:3]}")
-    print(f"wrote {result['written']} samples in {result['shards']} shard(s) to {args.out}")
+    if result["shards"]:
+        print(f"wrote {result['written']} samples in {result['shards']} shard(s) to {args.out}")
+    else:
+        print(f"no row is kept ({rule}): nothing written to {args.out}")
     return 0
+
+
+def _check_out(args) -> None:
+    """The library's refusals, said in the command's terms (options, not keyword arguments)."""
+    from nemo_aesthetic.datasets.shards import discover_shards
+
+    fs, out = common.fs_root(args.out)
+    _, src = common.fs_root(args.path)
+    if out == src:
+        raise UsageError(f"--out is PATH ({args.out}); filter writes a new dataset: choose another directory")
+    existing = discover_shards(fs, out) if fs.isdir(out) else []
+    if existing and args.mode == "error":
+        raise UsageError(f"--out {args.out} already holds {len(existing)} shard(s); add --mode overwrite to "
+                         "replace them or --mode resume to finish an interrupted run")

@@ -20,16 +20,16 @@ from dask import delayed
 
 from nemo_aesthetic import frames
 from nemo_aesthetic.atomic import atomic_open, commit_staged, exclusive_output, location, temporary_name
+from nemo_aesthetic.datasets import provenance
 from nemo_aesthetic.datasets.shards import (
     KeyIndex,
     Shard,
     ShardReadError,
     TarShardWriter,
-    conform,
     discover_shards,
     iter_samples,
-    unified_schema,
 )
+from nemo_aesthetic.datasets.schema import conform, unified_schema
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ImageTextPairDataset:
         self.shards = shards or [
             Shard(_shard_name(t, i), None, t) for i, t in enumerate(self.tar_files)
         ]
-        if metadata.npartitions != len(self.shards):
+        if isinstance(getattr(metadata, "npartitions", None), int) and metadata.npartitions != len(self.shards):
             raise ValueError(
                 f"metadata has {metadata.npartitions} partitions but the dataset has {len(self.shards)} "
                 "shards; partition i must be shard i (do not repartition the metadata)"
@@ -88,6 +88,7 @@ class ImageTextPairDataset:
         shards = [s for s in shards if s.parquet is not None]
         if not shards:
             raise FileNotFoundError(f"no NNNNN.parquet metadata files in {path}")
+        shards = provenance.tars_from_source(fs, shards, storage_options)  # metadata written elsewhere
         for s in shards:
             if s.tar is None:
                 logger.warning("shard %s has metadata but no tar: its rows will be flagged, not scored", s.name)
@@ -102,11 +103,13 @@ class ImageTextPairDataset:
 
     # ------------------------------------------------------------------ writing
     def save_metadata(self, path: str | None = None, columns: Iterable[str] | None = None,
-                      mode: str = "overwrite") -> dict:
+                      mode: str = "overwrite", file_metadata: dict[str, str] | None = None) -> dict:
         """Write each partition to ``<path>/<shard name>.parquet`` (default: over the input).
 
         Each file is written atomically, so a job killed mid-way leaves every file either as it
-        was or complete. ``columns`` selects (and orders) the columns written.
+        was or complete. ``columns`` selects (and orders) the columns written. Each file records
+        the directory of its tars in its key-value metadata (``nemo_aesthetic.source``), so
+        :meth:`from_webdataset` on ``path`` finds the images again; ``file_metadata`` adds keys.
 
         ``mode="overwrite"`` (default) writes every shard. ``mode="resume"`` finishes an
         interrupted save: a shard whose file already exists with every column being written is
@@ -116,7 +119,6 @@ class ImageTextPairDataset:
 
         The directory is held for the run (:func:`~nemo_aesthetic.atomic.exclusive_output`): a second
         run into it fails at once, and temporary files of a killed run are removed.
-
         Returns ``{"written": [shard names], "skipped": [shard names]}``.
         """
         if mode not in ("overwrite", "resume"):
@@ -130,8 +132,10 @@ class ImageTextPairDataset:
         targets = [posixpath.join(root, f"{shard.name}.parquet") for shard in self.shards]
         wanted = set(columns if columns is not None else self.metadata.columns)
         done = _complete_parquets(fs, targets, wanted) if mode == "resume" else set()
+        source = provenance.source_of(self._fs_for(None)[0], self.tar_files)
+        extra = {**({provenance.SOURCE_KEY: source} if source else {}), **(file_metadata or {})}
         tasks = [
-            delayed(_write_partition)(part, fs, target, columns)
+            delayed(_write_partition)(part, fs, target, columns, extra)
             for part, target in zip(self.metadata.to_delayed(), targets) if target not in done
         ]
         dask.compute(*tasks)
@@ -155,7 +159,8 @@ class ImageTextPairDataset:
 
         A kept row whose sample is not in its tar (failed download, missing tar) cannot be a
         WebDataset sample: it is left out, logged, and listed in the returned summary. A
-        dataset filtered down to nothing gives one empty shard, so the output still opens.
+        dataset filtered down to nothing writes nothing (no empty tar) and says so in the log;
+        the summary then has ``shards == 0``.
 
         ``mode`` says what to do when ``path`` already holds shards: ``"error"`` (default)
         refuses; ``"overwrite"`` writes the new shards into a staging directory inside ``path``
@@ -164,10 +169,9 @@ class ImageTextPairDataset:
         Parquet both exist (each is written atomically, the Parquet last) and writes the rest: the
         plan of output shards depends only on the kept rows, so re-running the same filter
         continues an interrupted run.
-        ``path`` must not be the input directory, however it is spelled (``DS/.``, ``x/../DS``, a
-        symlink to it). The output is held for the run: a second run into it fails at once
-        (:class:`~nemo_aesthetic.atomic.OutputBusyError`), and temporaries of a killed run are
-        removed.
+        ``path`` must not be the input, however spelled (``DS/.``, ``x/../DS``, a symlink). The
+        output is held for the run (:func:`~nemo_aesthetic.atomic.exclusive_output`): a second run
+        into it fails at once, and temporaries of a killed run are removed.
 
         Returns ``{"kept_rows", "written", "shards", "skipped_shards", "missing": [(shard, id), ...]}``
         (``written`` counts samples written by this call).
@@ -218,14 +222,12 @@ class ImageTextPairDataset:
                 fs_out, write_root, f"{j:0{max_shards}d}", j * 10 ** math.ceil(math.log10(samples_per_shard)),
                 id_width, self.id_col, old_id_col,
             ))
-        if not plan and not finished:  # filtered down to nothing: one empty shard keeps the output readable
-            tasks.append(delayed(_write_output_shard)(
-                fs_in, [], [], [], counts, fs_out, write_root, f"{0:0{max_shards}d}", 0, id_width, self.id_col,
-                old_id_col, empty_meta=kept._meta))
+        if not plan:
+            logger.warning("to_webdataset: no row is kept; nothing written to %s", path)
         try:
             results = dask.compute(*tasks)
         except BaseException:
-            if write_root != out_root:  # the old output stays as it was
+            if write_root != out_root and fs_out.exists(write_root):  # the old output stays as it was
                 fs_out.rm(write_root, recursive=True)
             raise
         if write_root != out_root:
@@ -238,7 +240,7 @@ class ImageTextPairDataset:
         return {
             "kept_rows": sum(counts),
             "written": sum(r["written"] for r in results),
-            "shards": max(len(plan), 1),
+            "shards": len(plan),
             "skipped_shards": sorted(finished),
             "missing": missing,
         }
@@ -304,10 +306,10 @@ def _complete_parquets(fs, paths: list[str], columns: set) -> set:
         return {p for p, ok in zip(paths, pool.map(complete, paths)) if ok}
 
 
-def _write_partition(df, fs, path: str, columns: list | None) -> int:
+def _write_partition(df, fs, path: str, columns: list | None, extra: dict | None = None) -> int:
     if columns is not None:
         df = df[columns]
-    table = frames.frame_to_arrow(df)
+    table = provenance.with_file_metadata(frames.frame_to_arrow(df), extra or {})
     with atomic_open(fs, path, "wb") as f:
         pq.write_table(table, f)
     return len(df)
@@ -341,7 +343,7 @@ def _plan_output_shards(counts: list[int], samples_per_shard: int) -> list[list[
 
 
 def _write_output_shard(fs_in, in_shards, slices, parts, counts, fs_out, out_root, name, id_base, id_width,
-                        id_col, old_id_col, empty_meta=None) -> dict:
+                        id_col, old_id_col) -> dict:
     """Write output shard ``name``: for each ``(partition, start, stop)`` slice, the kept samples
     number ``start..stop-1`` of that partition's tar, counted in the tar's own order.
 
@@ -391,13 +393,7 @@ def _write_output_shard(fs_in, in_shards, slices, parts, counts, fs_out, out_roo
             written_rows.append(out)
             if last_slice:
                 missing += [(shard.name, k) for p, k in enumerate(ids) if p not in counted]
-    if written_rows:
-        frame = frames.concat(written_rows)
-    else:
-        frame = empty_meta.copy()
-        if old_id_col:
-            frame[old_id_col] = frame[id_col]
-        frame[id_col] = frame[id_col].astype(str)
+    frame = frames.concat(written_rows)  # every output shard has at least one slice
     _write_partition(frame.reset_index(drop=True), fs_out, posixpath.join(out_root, f"{name}.parquet"), None)
     return {"written": next_index, "missing": missing}
 

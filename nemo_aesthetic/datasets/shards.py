@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import gzip
 import io
+import json
 import logging
 import lzma
 import os
@@ -82,9 +83,12 @@ class KeyIndex:
 
     Keys in tars are strings; id columns may be strings (img2dataset's zero-padded keys) or
     integers. Integer ids match the integer value of a key made of ASCII digits only
-    (``"000000042"`` -> 42; ``"1_000"``, ``"+9"``, ``" 7"``, ``"١٢"`` match nothing). Null ids
-    match nothing. Whole floats count as integers: an integer column with a null comes out of a
-    Parquet without pandas metadata as float64 (42.0, NaN).
+    (``"000000042"`` -> 42; ``"1_000"``, ``"+9"``, ``" 7"``, ``"١٢"`` match nothing, though
+    ``int()`` accepts them). A string id matches its key exactly or, failing that, by integer value
+    when both are ASCII digits (id ``"0"`` and member ``000000000.jpg``; NeMo Curator 0.x compares
+    ``int()`` of both), unless two ids share that value. Null ids match nothing. Whole floats count
+    as integers: an integer column with a null comes out of a Parquet without pandas metadata as
+    float64 (42.0, NaN).
     """
 
     def __init__(self, ids: list):
@@ -92,11 +96,20 @@ class KeyIndex:
         present = [i for i in ids if i is not None and i == i]
         self.integer = bool(present) and all(isinstance(i, int) and not isinstance(i, bool) for i in present)
         self.positions = {i: pos for pos, i in enumerate(ids) if i is not None and i == i}
+        self.by_value: dict[int, int | None] = {}
+        if not self.integer:
+            for pos, i in enumerate(ids):
+                if isinstance(i, str) and i.isascii() and i.isdigit():
+                    value = int(i)
+                    self.by_value[value] = None if value in self.by_value else pos  # None: ambiguous
 
     def position(self, tar_key: str) -> int | None:
         if self.integer:
             return self.positions.get(int(tar_key)) if _CANONICAL_INT.fullmatch(tar_key) else None
-        return self.positions.get(tar_key)
+        pos = self.positions.get(tar_key)
+        if pos is None and self.by_value and tar_key.isascii() and tar_key.isdigit():
+            pos = self.by_value.get(int(tar_key))
+        return pos
 
 
 class ShardReadError(Exception):
@@ -234,6 +247,32 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
+def sample_metadata(sample: Sample, image_ext: str) -> dict:
+    """A sample's caption (``.txt``, else the json's ``caption``), its ``.json`` fields, and any
+    other non-image member as ``{extension: bytes}``; an unreadable ``.json`` is kept as bytes."""
+    meta: dict = {}
+    caption = None
+    for ext, _, data in sample.members:
+        low = ext.lower()
+        if low == image_ext:
+            continue
+        if low == "json":
+            try:
+                parsed = json.loads(data)
+            except ValueError as exc:
+                logger.warning("%s: unreadable .json kept as bytes: %s", sample.key, exc)
+                parsed = data
+            meta.update(parsed) if isinstance(parsed, dict) else meta.__setitem__("json", parsed)
+        elif low == "txt":
+            caption = data.decode("utf-8", errors="replace")
+        else:
+            meta[ext] = data
+    if caption is not None:
+        meta["caption"] = caption
+    meta.setdefault("caption", None)
+    return meta
+
+
 class _StrictTarInfo(tarfile.TarInfo):
     """Makes a cut-off or garbled member header an error wherever it is.
 
@@ -292,78 +331,33 @@ class TarShardWriter:
         return self._cm.__exit__(exc_type, exc, tb)
 
 
+def write_members(fs: fsspec.AbstractFileSystem, path: str, members: list[tuple[str, bytes]]) -> str:
+    """Write ``(member name, bytes)`` pairs as a new tar, atomically; returns ``path``."""
+    with atomic_open(fs, path, "wb") as f, tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_rows(fs: fsspec.AbstractFileSystem, path: str, rows: list[dict]) -> str:
+    """Write dict rows as a Parquet file, atomically; an ``embedding`` column is list<float32>."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows)
+    if "embedding" in table.column_names:
+        i = table.column_names.index("embedding")
+        table = table.set_column(i, "embedding", table.column(i).cast(pa.list_(pa.float32())))
+    with atomic_open(fs, path, "wb") as f:
+        pq.write_table(table, f)
+    return path
+
+
 def _copy_info(info: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
     new = tarfile.TarInfo(name)
     for attr in ("mode", "mtime", "uid", "gid", "uname", "gname", "type"):
         setattr(new, attr, getattr(info, attr))
     new.type = tarfile.REGTYPE
     return new
-
-
-def unified_schema(fs: fsspec.AbstractFileSystem, shards: list[Shard], id_col: str):
-    """One Arrow schema for the Parquet files of all ``shards``, read from their footers.
-
-    Shards written at different times drift: a column added later, a caption column that is
-    null-typed in one shard and string in another, int32 here and int64 there. Every partition is
-    conformed to this schema (:func:`conform`): a column a shard lacks is all null there, and
-    types are promoted to a common type (Arrow's permissive unification). Types with no common
-    type (a string column that is an integer elsewhere) raise a ValueError naming the column and
-    two files before any work is done, as do a missing ``id_col`` and an unreadable footer.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def footer(shard: Shard):
-        try:
-            with fs.open(shard.parquet, "rb") as f:
-                metadata = pq.ParquetFile(f).metadata
-                return metadata.schema.to_arrow_schema().remove_metadata(), metadata.num_rows
-        except Exception as exc:  # pyarrow raises several types for a corrupt file
-            raise ValueError(f"cannot read metadata file {shard.parquet}: {type(exc).__name__}: {exc}") from exc
-
-    with ThreadPoolExecutor(16) as pool:
-        footers = list(pool.map(footer, shards))
-    schemas = [schema for schema, _ in footers]
-    if any(rows for _, rows in footers):
-        # A shard with no rows says nothing about types (pandas writes an empty column as double).
-        schemas = [pa.schema([(f.name, pa.null()) for f in schema]) if not rows else schema
-                   for schema, rows in footers]
-    for shard, schema in zip(shards, schemas):
-        if id_col not in schema.names:
-            raise KeyError(f"id_col {id_col!r} is not a column of {shard.parquet}; columns: {schema.names}")
-    try:
-        return pa.unify_schemas(schemas, promote_options="permissive")
-    except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        first_seen: dict[str, tuple] = {}
-        for shard, schema in zip(shards, schemas):
-            for field in schema:
-                seen = first_seen.setdefault(field.name, (field.type, shard.parquet))
-                try:
-                    pa.unify_schemas([pa.schema([(field.name, seen[0])]), pa.schema([field])],
-                                     promote_options="permissive")
-                except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    raise ValueError(
-                        f"column {field.name!r} has types with no common type across shards: {seen[0]} in "
-                        f"{seen[1]}, {field.type} in {shard.parquet}; rewrite one of them with the other's type"
-                    ) from None
-        raise ValueError(f"the metadata files' schemas cannot be unified: {exc}") from exc
-
-
-def conform(table, schema, source: str):
-    """``table`` with exactly ``schema``'s columns and types (missing columns all null)."""
-    import pyarrow as pa
-
-    if table.schema.equals(schema, check_metadata=False):
-        return table
-    columns = []
-    for field in schema:
-        if field.name not in table.column_names:
-            columns.append(pa.nulls(len(table), field.type))
-            continue
-        try:
-            columns.append(table[field.name].cast(field.type))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise ValueError(f"{source}: column {field.name!r} cannot be converted to {field.type}: {exc}") from exc
-    return pa.Table.from_arrays(columns, schema=schema)

@@ -10,9 +10,9 @@ Decoding looks at the content, not the file extension (img2dataset stores PNG, W
 HTML bodies as ``.jpg``), but only among :data:`ALLOWED_FORMATS`: Pillow would otherwise also
 open EPS/PostScript, which it renders by starting Ghostscript (``gs``), so a ``.jpg`` member
 holding PostScript would run a program on the worker. Everything that reads image bytes from a
-dataset opens them with :func:`open_image`. Anything we cannot decode, and any image over the
-pixel limit, raises :class:`ImageDecodeError` with a short reason that ends up in the row's
-``error`` column. EXIF
+dataset (both fronts, the report) opens them with :func:`open_image`. Anything we cannot decode,
+and any image over the pixel limit, raises :class:`ImageDecodeError` with a short reason that
+ends up in the row's ``error`` column. EXIF
 orientation is not applied, as in the reference, so scores match it.
 """
 from __future__ import annotations
@@ -30,9 +30,10 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own Image.MAX_IMAGE_PIXELS default
 
 
-#: The Pillow formats an image from a dataset may be in. Never EPS/PS (Pillow runs Ghostscript
-#: to render them) nor any other format whose decoder starts a program or parses a document.
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG includes multi-picture (MPO)
+#: The Pillow formats an image from a dataset may be in (JPEG includes multi-picture MPO files).
+#: Never EPS/PS (Pillow runs Ghostscript to render them) nor any other format whose decoder
+#: starts a program or parses a document.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 class ImageDecodeError(Exception):
@@ -50,30 +51,17 @@ def pick_image(members: list[tuple[str, object, bytes]]) -> tuple[str, bytes] | 
     return None
 
 
-def open_image(data: bytes) -> Image.Image:
-    """``Image.open`` of untrusted bytes, restricted to :data:`ALLOWED_FORMATS` (header only; lazy).
-
-    Raises ``PIL.UnidentifiedImageError`` for anything else, PostScript included.
-    """
-    return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-
-
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode ``data`` into an RGB PIL image, or raise :class:`ImageDecodeError` saying why."""
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read only the header of ``data``: the opened (not yet decoded) image, or
+    :class:`ImageDecodeError` saying why it is not an image or is too large. Cheap enough to
+    check every image of a shard before any pixel is decoded. Only :data:`ALLOWED_FORMATS` open:
+    PostScript and every other format are "not an image PIL can read"."""
     if not data:
         raise ImageDecodeError("empty image file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = open_image(data)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}")
-            image.load()
-            return image.convert("RGB")
-    except ImageDecodeError:
-        raise
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         raise ImageDecodeError(f"not an image PIL can read (starts with {data[:12]!r}; "
                                f"formats read: {', '.join(ALLOWED_FORMATS)})") from None
@@ -81,6 +69,44 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise ImageDecodeError(f"image too large: {exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
         raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}")
+    return image
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``data`` into an RGB PIL image, or raise :class:`ImageDecodeError` saying why."""
+    image = open_image(data, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+            return image.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image too large: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
+
+
+def encode_jpeg(pixels, quality: int = 92) -> bytes:
+    """``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` pixels -> JPEG bytes (other dtypes clipped to
+    uint8, channels past 3 dropped, alpha dropped), for writing images that exist only as pixels."""
+    import numpy as np
+    from PIL import Image as PILImage  # looked up per call: NeMo Curator's tests stand a stub in for PIL
+
+    img = pixels if pixels.dtype == np.uint8 else np.clip(pixels, 0, 255).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] not in (3, 4):
+        img = img[..., :3]
+    mode = "L" if img.ndim == 2 else ("RGBA" if img.shape[2] == 4 else "RGB")
+    image = PILImage.fromarray(img, mode=mode)
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format="JPEG", quality=quality)
+    except OSError:  # JPEG has no alpha channel
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def data_config(model) -> dict:

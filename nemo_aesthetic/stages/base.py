@@ -1,63 +1,94 @@
-"""What every stage is: a named step turning tasks into tasks.
+"""ProcessingStage: a named step turning tasks into tasks (NeMo Curator 1.x's contract).
 
-Stages are thin adapters over the library's core (tar reading, decoding, the embedder's model
-loading and forward pass, the classifiers' scorers); they hold only their settings, so they
-pickle small. Expensive state (models) is loaded on the worker through
-:func:`nemo_aesthetic.distributed.load_object_on_worker`, once per worker process.
-
-A *source* stage (``is_source = True``) runs on the client and makes the first tasks out of an
-:class:`~nemo_aesthetic.stages.tasks.EmptyTask`; every later stage runs on a Dask worker, all of
-them in sequence inside the one Dask task of each partition.
+Stages are dataclasses holding only their settings, so they pickle small; ``setup`` loads what
+they need on the worker (models through ``load_object_on_worker``, once per worker process).
+Beyond upstream, :meth:`ProcessingStage.process_stream` lets a stage hand out its outputs one at
+a time: the pipeline passes each batch down the remaining stages before the next one is read,
+so a partition's memory is one batch, not one shard.
 """
 from __future__ import annotations
 
+import copy
 import logging
-from typing import Sequence
+from typing import Any, Iterator
 
-from nemo_aesthetic.stages.tasks import Task
+from nemo_aesthetic.stages.resources import Resources
+from nemo_aesthetic.tasks import Task
 
 #: The stage front logs here (per-image drop reasons, per-stage counts).
 logger = logging.getLogger("nemo_aesthetic")
 
 
 class ProcessingStage:
-    """Base class of the stages.
+    """Base of the stages: ``process`` (one task -> a task, a list of tasks, or None)."""
 
-    Attributes:
-        name: shown in logs.
-        num_gpus_per_worker: the share of a GPU one partition's task needs. On a cluster whose
-            workers advertise a ``GPU`` resource (``dask worker --resources GPU=1``, or
-            ``dask cuda worker --resources GPU=1``) the pipeline submits each partition with
-            ``resources={"GPU": x}`` (x = the largest value among its stages), so at most
-            ``1/x`` partitions run per GPU at once. On CPU clusters, and on GPU clusters that
-            advertise no ``GPU`` resource, it is ignored.
-        is_source: True for a stage that creates tasks on the client.
-        verbose: log per-task details at INFO (else DEBUG).
-    """
+    name = "ProcessingStage"
+    resources = Resources(cpus=1.0)
+    batch_size = 1
+    runtime_env = None
+    is_source_stage = False
+    is_sink_stage = False
 
-    name: str = "stage"
-    is_source: bool = False
-    num_gpus_per_worker: float = 0.0
-    verbose: bool = False
+    def inputs(self) -> tuple[list[str], list[str]]:
+        return [], []
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return [], []
+
+    def setup_on_node(self, node_info=None, worker_metadata=None) -> None:
+        """Once per node (e.g. to download weights)."""
+
+    def setup(self, worker_metadata=None) -> None:
+        """Once per worker before processing (e.g. to load a model)."""
+
+    def teardown(self) -> None:
+        """After processing."""
 
     def process(self, task: Task) -> Task | list[Task] | None:
         raise NotImplementedError
 
-    def process_batch(self, tasks: Sequence[Task]) -> list[Task]:
-        """All tasks of one partition; by default :meth:`process` on each, results flattened."""
-        out: list[Task] = []
+    def process_batch(self, tasks: list[Task]) -> list[Task]:
+        results: list = []
         for task in tasks:
             result = self.process(task)
-            if result is None:
-                continue
-            if isinstance(result, list):
-                out.extend(result)
-            else:
-                out.append(result)
-        return out
+            results.extend(result if isinstance(result, list) else [result])
+        return results
 
-    def _log(self, msg: str, *args) -> None:
-        logger.log(logging.INFO if self.verbose else logging.DEBUG, f"{self.name}: {msg}", *args)
+    def process_stream(self, task: Task) -> Iterator[Task]:
+        """The outputs of ``process(task)`` one at a time (readers override it to stream)."""
+        result = self.process(task)
+        yield from (t for t in (result if isinstance(result, list) else [result]) if t is not None)
+
+    def supports_batch_processing(self) -> bool:
+        return type(self).process_batch is not ProcessingStage.process_batch
+
+    def num_workers(self) -> int | None:
+        return None
+
+    def xenna_stage_spec(self) -> dict[str, Any]:
+        return {}
+
+    def ray_stage_spec(self) -> dict[str, Any]:
+        return {}
+
+    def with_(self, name: str | None = None, resources: Resources | None = None, batch_size: int | None = None,
+              **_backend_specific) -> "ProcessingStage":
+        """A copy with ``name``/``resources``/``batch_size`` replaced (backend specs are accepted and unused)."""
+        new = copy.deepcopy(self)
+        for attr, value in (("name", name), ("resources", resources), ("batch_size", batch_size)):
+            if value is not None:
+                setattr(new, attr, value)
+        return new
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "resources": self.resources, "batch_size": self.batch_size,
+                "supports_batch_processing": self.supports_batch_processing()}
+
+    def _gpu_resources(self, num_gpus_per_worker: float) -> Resources:
+        """Upstream's rule: a GPU share only where CUDA is available."""
+        import torch
+
+        return Resources(gpus=num_gpus_per_worker) if torch.cuda.is_available() else Resources()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        return type(self).__name__

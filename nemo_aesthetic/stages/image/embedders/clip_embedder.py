@@ -1,138 +1,86 @@
-"""ImageEmbeddingStage: CLIP image embeddings through the core's timm embedder."""
+"""ImageEmbeddingStage: CLIP image embeddings through the shard engine."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-import numpy as np
-
-from nemo_aesthetic.distributed import load_object_on_worker
-from nemo_aesthetic.engine import default_device, make_forward as _make_forward
-from nemo_aesthetic.image.embedders.timm import TimmImageEmbedder
-from nemo_aesthetic.image.preprocess import ImageDecodeError, cpu_transform
+from nemo_aesthetic.models.base import ModelInterface
+from nemo_aesthetic.models.clip import DEFAULT_TIMM_MODEL, CLIPImageEmbeddings
 from nemo_aesthetic.stages.base import ProcessingStage, logger
-from nemo_aesthetic.stages.tasks import ImageBatch
+from nemo_aesthetic.tasks import ImageBatch
 
-DEFAULT_MODEL = "vit_large_patch14_clip_quickgelu_224.openai"
+_MODEL_OPTIONS = ("model_name", "model_kwargs", "checkpoint_path", "num_threads", "autocast", "device")
 
 
+@dataclass
 class ImageEmbeddingStage(ProcessingStage):
-    """Add ``embedding`` (L2-normalised, float32) to every image, with a timm CLIP model.
+    """Set ``embedding`` (L2-normalised float32) on every image; images that cannot be decoded
+    or preprocessed are dropped with their reason (logged, and listed in the batch's ``errors``).
 
-    The model, its preprocessing and the forward pass are the core's
-    :class:`~nemo_aesthetic.image.embedders.timm.TimmImageEmbedder` ones, so both fronts give
-    the same embeddings; the model is loaded once per worker process (and shared with the
-    legacy front in that process).
-
-    Args:
-        model_dir: the Hugging Face cache directory timm loads the pretrained weights from (and
-            downloads them into, when online): ``timm.create_model(model_name, pretrained=True,
-            cache_dir=model_dir)``. Offline (``HF_HUB_OFFLINE=1``) it must already hold
-            ``models--timm--vit_large_patch14_clip_224.openai``. None: the default HF cache.
-        model_inference_batch_size: images per forward pass.
-        num_gpus_per_worker: GPU share per partition task on clusters whose workers advertise a
-            ``GPU`` resource; ignored on CPU. The model runs on CUDA when the worker has a GPU.
-        verbose: log per-batch counts at INFO.
-        remove_image_data: drop the decoded pixels (``image_data = None``) once embedded.
-        model_name: timm model name with its pretrained tag.
-        model_kwargs: extra ``timm.create_model`` arguments.
-        checkpoint_path: a local weights file for timm instead of the hub (then ``model_dir``
-            is not used).
-        num_threads: preprocessing threads.
-        autocast: bf16 autocast on CUDA (ignored on CPU).
-        device: "cuda", "cpu", ... (default: cuda if the worker has a GPU, else cpu).
+    ``model_dir`` holds CLIP as NeMo Curator 1.x lays it out (``openai/clip-vit-large-patch14``,
+    Hugging Face format) or is the Hugging Face cache timm loads ``model_name`` from (see
+    :class:`~nemo_aesthetic.models.clip.CLIPImageEmbeddings`). Beyond upstream: ``model_name``,
+    ``model_kwargs``, ``checkpoint_path`` (timm), ``num_threads`` (decode), ``autocast``, ``device``.
     """
 
-    name = "image_embedding"
+    model_dir: str = None
+    num_gpus_per_worker: float = 0.25
+    model_inference_batch_size: int = 32
+    verbose: bool = False
+    remove_image_data: bool = False
+    name: str = "image_embedding"
+    model_name: str = DEFAULT_TIMM_MODEL
+    model_kwargs: dict | None = None
+    checkpoint_path: str | None = None
+    num_threads: int = 4
+    autocast: bool = True
+    device: str | None = None
 
-    def __init__(self, model_dir: str | None = None, model_inference_batch_size: int = 32,
-                 num_gpus_per_worker: float = 0.25, verbose: bool = False, remove_image_data: bool = False,
-                 model_name: str = DEFAULT_MODEL, model_kwargs: dict | None = None,
-                 checkpoint_path: str | None = None, num_threads: int = 4, autocast: bool = True,
-                 device: str | None = None):
-        if model_inference_batch_size < 1:
+    def __post_init__(self) -> None:
+        if self.model_inference_batch_size < 1:
             raise ValueError("model_inference_batch_size must be >= 1")
-        self.model_dir = None if model_dir is None else str(model_dir)
-        self.model_inference_batch_size = model_inference_batch_size
-        self.num_gpus_per_worker = num_gpus_per_worker
-        self.verbose = verbose
-        self.remove_image_data = remove_image_data
-        self.checkpoint_path = None if checkpoint_path is None else str(checkpoint_path)
-        self.num_threads = max(1, num_threads)
-        self.device = device
-        self.embedder = TimmImageEmbedder(
-            model_name, pretrained=self.checkpoint_path is None, batch_size=model_inference_batch_size,
-            num_threads_per_worker=self.num_threads, checkpoint_path=self.checkpoint_path,
-            model_kwargs=model_kwargs, cache_dir=self.model_dir, autocast=autocast, device=device)
+        self.resources = self._gpu_resources(self.num_gpus_per_worker)
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.embedder.embedding_dim
+    def inputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], []
 
-    def _model(self, device: str):
-        try:
-            return load_object_on_worker(self.embedder.model_cache_key(device), self.embedder.load_model_and_preprocessor, device)
-        except Exception as exc:
-            if self.checkpoint_path is not None:
-                where = f"checkpoint_path {self.checkpoint_path}"
-            else:
-                where = (f"the Hugging Face cache {self.model_dir or '(default HF cache)'} "
-                         f"(hub id {_hf_hub_id(self.embedder.model_name)}; offline runs need it pre-downloaded)")
-            raise RuntimeError(f"{self.name}: cannot load CLIP model {self.embedder.model_name!r} from {where}: "
-                               f"{type(exc).__name__}: {exc}") from exc
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], []
+
+    def setup_on_node(self, node_info=None, worker_metadata=None) -> None:
+        CLIPImageEmbeddings.download_weights_on_node(self.model_dir)
+
+    def _model_options(self) -> dict:
+        # Only what differs from the defaults, so a one-argument model double (as upstream's tests use) fits.
+        return {k: getattr(self, k) for k in _MODEL_OPTIONS if getattr(self, k) != type(self).__dataclass_fields__[k].default}
+
+    def backbone(self) -> tuple[str, int]:
+        """``(timm model name, embedding width)``, known without loading weights."""
+        embedder = CLIPImageEmbeddings(self.model_dir, **self._model_options()).embedder
+        return embedder.model_name, embedder.embedding_dim
+
+    def setup(self, worker_metadata=None) -> None:
+        self.model = CLIPImageEmbeddings(self.model_dir, **self._model_options())
+        self.model.setup()
 
     def process(self, task: ImageBatch) -> ImageBatch:
-        import torch
-
-        device = self.device or default_device()
-        model, from_bytes = self._model(device)
-        transform = cpu_transform(model)
-        forward = _make_forward(model, [], device, self.embedder.normalize_embeddings, self.embedder.autocast)
-
-        def prepare(image):
-            if image.image_data is not None:
-                from PIL import Image
-
-                try:
-                    return transform(Image.fromarray(image.image_data, "RGB"))
-                except Exception as exc:  # e.g. a 1x1 image a resize cannot handle
-                    raise ImageDecodeError(f"preprocessing failed: {type(exc).__name__}: {exc}") from None
-            data = image.image_bytes
-            if data is None:
-                raise ImageDecodeError("no image data and no original bytes left to embed")
-            return from_bytes(data)
-
-        kept = []
-        step = self.model_inference_batch_size
-        with ThreadPoolExecutor(min(self.num_threads, max(1, len(task.data))), thread_name_prefix="preprocess") as pool:
-            for start in range(0, len(task.data), step):
-                chunk = task.data[start:start + step]
-                tensors, ok = [], []
-                for image, future in zip(chunk, [pool.submit(prepare, im) for im in chunk]):
-                    try:
-                        tensors.append(future.result())
-                        ok.append(image)
-                    except ImageDecodeError as exc:
-                        logger.warning("%s: dropped image %s (%s): %s", self.name, image.image_id,
-                                       image.image_path, exc)
-                        task.errors.append((image.image_id, str(exc)))
-                if not ok:
-                    continue
-                embeddings, _ = forward(torch.stack(tensors))
-                for image, row in zip(ok, embeddings):
-                    image.embedding = np.ascontiguousarray(row, dtype=np.float32)
-                    if self.remove_image_data:
-                        image.image_data = None
-                kept.extend(ok)
-        self._log("%s: %d of %d images embedded", task.task_id, len(kept), len(task.data))
+        if "model" not in self.__dict__:
+            self.setup()
+        kept, size = [], self.model_inference_batch_size
+        if isinstance(self.model, ModelInterface):  # ours: bytes stream through the engine
+            def drop(image, reason):
+                logger.warning("%s: dropped image %s (%s): %s", self.name, image.image_id, image.image_path, reason)
+                task.errors.append((image.image_id, reason))
+            batches = ((b.tags, b.embeddings) for b in self.model.embed_images(task.data, size, drop))
+        else:  # any other model: upstream's call, a list of pixel arrays per batch
+            batches = ((c, self.model([im.image_data for im in c]).cpu().numpy())
+                       for c in (task.data[i:i + size] for i in range(0, len(task.data), size)))
+        for images, embeddings in batches:
+            for image, row in zip(images, embeddings):
+                image.embedding = row
+                if self.remove_image_data:
+                    image.image_data = None
+            kept.extend(images)
+            if self.verbose:
+                logger.info(f"Generated embeddings for {len(images)} images.")
         task.data = kept
         return task
-
-
-def _hf_hub_id(model_name: str) -> str:
-    try:
-        from timm.models import get_pretrained_cfg
-
-        cfg = get_pretrained_cfg(model_name)
-        return getattr(cfg, "hf_hub_id", None) or "?"
-    except Exception:
-        return "?"

@@ -1,80 +1,81 @@
-"""Shared body of the score filters: a core classifier's scorer on each batch's embeddings."""
+"""BaseFilterStage: score each batch's embeddings with a model, keep what ``keep`` says."""
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 
 import numpy as np
 
-from nemo_aesthetic.distributed import load_object_on_worker
-from nemo_aesthetic.image.embedders.base import default_device
-from nemo_aesthetic.stages.base import ProcessingStage
-from nemo_aesthetic.stages.tasks import ImageBatch
-from nemo_aesthetic.weights import WeightsUnavailableError
+from nemo_aesthetic.stages.base import ProcessingStage, logger
+from nemo_aesthetic.tasks import ImageBatch
 
 
-class ScoreFilterStage(ProcessingStage):
-    """Score every image with ``self.classifier`` into ``score_attribute``, keep those ``keep()`` says."""
+@dataclass
+class BaseFilterStage(ProcessingStage):
+    """Sets ``score_attribute`` on every image from ``self.model(embeddings)`` (batches of
+    ``model_inference_batch_size``) and returns a new ImageBatch of the images ``keep`` accepts.
+    Subclasses say which model (``setup``), which attribute, and the rule."""
+
+    model_dir: str = None
+    num_gpus_per_worker: float = 0.25
+    model_inference_batch_size: int = 32
+    score_threshold: float = 0.5
+    verbose: bool = False
+    name: str = "image_filter"
 
     score_attribute = "score"
-    weights_filename = ""
+    label = "Image"
+    expected_dim, expected_embeddings = 768, "OpenAI CLIP ViT-L/14"
 
-    def __init__(self, model_dir: str | None = None, score_threshold: float = 0.5,
-                 model_inference_batch_size: int = 32, num_gpus_per_worker: float = 0.25,
-                 verbose: bool = False, device: str | None = None):
-        if model_inference_batch_size < 1:
+    def follow_backbone(self, model_name: str, embedding_dim: int) -> None:
+        """Called when the pipeline starts with the model of the ImageEmbeddingStage before this
+        one, so a head of the wrong width fails before any work."""
+        if embedding_dim != self.expected_dim:
+            raise ValueError(f"{type(self).__name__} expects {self.expected_dim}-d embeddings ({self.expected_embeddings} "
+                             f"image embeddings) but the ImageEmbeddingStage ({model_name}) gives {embedding_dim}-d ones")
+
+    def report(self, message: str) -> None:
+        """Verbose logging (subclasses log through their own module's logger, as upstream does)."""
+        logger.info(message)
+
+    def __post_init__(self) -> None:
+        if self.model_inference_batch_size < 1:
             raise ValueError("model_inference_batch_size must be >= 1")
-        self.model_dir = None if model_dir is None else str(model_dir)
-        self.score_threshold = score_threshold
-        self.model_inference_batch_size = model_inference_batch_size
-        self.num_gpus_per_worker = num_gpus_per_worker
-        self.verbose = verbose
-        self.device = device
-        self.classifier = self._classifier_from_dir()
+        self.resources = self._gpu_resources(self.num_gpus_per_worker)
 
-    def make_classifier(self, model_path: str | None):
+    def inputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], []
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], []
+
+    def keep(self, score: float) -> bool:
         raise NotImplementedError
 
-    def keep(self, scores: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def _classifier_from_dir(self):
-        """``model_dir/<weights file>`` when it is there, else the legacy front's default location."""
-        candidate = os.path.join(self.model_dir, self.weights_filename) if self.model_dir else None
-        if candidate is not None and os.path.exists(candidate):
-            return self.make_classifier(candidate)
-        try:
-            return self.make_classifier(None)
-        except WeightsUnavailableError as exc:
-            if candidate is None:
-                raise
-            raise WeightsUnavailableError(
-                f"{type(self).__name__}: {candidate} does not exist (model_dir={self.model_dir}), and the "
-                f"default location failed too:\n{exc}") from exc
+    def yield_next_batch(self, task: ImageBatch):
+        for i in range(0, len(task.data), self.model_inference_batch_size):
+            yield task.data[i:i + self.model_inference_batch_size]
 
     def process(self, task: ImageBatch) -> ImageBatch:
-        import torch
-
-        if not task.data:
-            return task
+        if "model" not in self.__dict__:
+            self.setup()
         missing = [im.image_id for im in task.data if im.embedding is None]
         if missing:
-            raise ValueError(f"{self.name}: {len(missing)} image(s) have no embedding (e.g. {missing[:3]}); "
-                             "put an ImageEmbeddingStage before this stage")
-        matrix = np.stack([im.embedding for im in task.data]).astype(np.float32, copy=False)
-        self.classifier.check_embedding_dim(matrix.shape[1], source="the ImageEmbeddingStage")
-        device = self.device or default_device()
-        scorer = load_object_on_worker(self.classifier.cache_key(device), self.classifier.load_model, device)
-        scores = np.empty(len(matrix), dtype=np.float64)
-        step = self.model_inference_batch_size
-        with torch.inference_mode():
-            for start in range(0, len(matrix), step):
-                chunk = torch.from_numpy(matrix[start:start + step]).to(device)
-                scores[start:start + step] = scorer(chunk).double().cpu().numpy().reshape(-1)
-        for image, score in zip(task.data, scores):
-            setattr(image, self.score_attribute, float(score))
-        keep = self.keep(scores)
-        before = len(task.data)
-        task.data = [im for im, k in zip(task.data, keep) if k]
-        self._log("%s: kept %d of %d images (threshold %s)", task.task_id, len(task.data), before,
-                  self.score_threshold)
-        return task
+            raise TypeError(f"{self.name}: {len(missing)} image(s) have no embedding (e.g. {missing[:3]}); "
+                            "put an ImageEmbeddingStage before this stage")
+        for batch in self.yield_next_batch(task):
+            scores = np.asarray(self.model(np.stack([im.embedding for im in batch])).cpu().numpy()).reshape(-1)
+            for image, score in zip(batch, scores):
+                setattr(image, self.score_attribute, float(score))
+        kept = [im for im in task.data if self.keep(getattr(im, self.score_attribute))]
+        if self.verbose:
+            for im in task.data:
+                if im not in kept:
+                    self.report(f"Image {im.image_id} (path: {im.image_path}) has {self.score_attribute} "
+                                f"{getattr(im, self.score_attribute):.3f}, filtered out (threshold {self.score_threshold}).")
+            self.report(f"{self.label} filtering: {len(kept)}/{len(task.data)} images passed, "
+                        f"{len(task.data) - len(kept)} filtered out")
+        return ImageBatch(data=kept, dataset_name=task.dataset_name, _metadata=task._metadata,
+                          _stage_perf=task._stage_perf)
+
+
+__all__ = ["BaseFilterStage"]

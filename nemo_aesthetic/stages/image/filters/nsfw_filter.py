@@ -1,38 +1,37 @@
 """ImageNSFWFilterStage: LAION CLIP-based NSFW probability, keep ``score < score_threshold``."""
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
 
-from nemo_aesthetic.image.classifiers.nsfw import NsfwClassifier
-from nemo_aesthetic.stages.image.filters.base import ScoreFilterStage
-from nemo_aesthetic.weights import NSFW_WEIGHTS
+from nemo_aesthetic.models.nsfw import NSFWScorer
+from nemo_aesthetic.stages.base import logger
+from nemo_aesthetic.stages.image.filters.base import BaseFilterStage
 
 
-class ImageNSFWFilterStage(ScoreFilterStage):
-    """Set ``nsfw_score`` (probability 0-1) and keep images with ``score < score_threshold``.
+@dataclass
+class ImageNSFWFilterStage(BaseFilterStage):
+    """Set ``nsfw_score`` (probability 0-1); keep images with ``score < score_threshold``.
 
-    The scorer is the core :class:`~nemo_aesthetic.image.classifiers.NsfwClassifier`, loaded
-    once per worker process.
-
-    Args:
-        model_dir: a directory holding ``clip_autokeras_binary_nsfw.pth``. When the file is not
-            there (or model_dir is None) the legacy default applies:
-            ``$NEMO_AESTHETIC_HOME/clip_autokeras_binary_nsfw.pth``, extracted from the upstream
-            zip if absent; offline with no file, an error names both paths.
-        score_threshold: images scoring at or above it are removed.
-        model_inference_batch_size: embeddings scored per step.
-        num_gpus_per_worker: GPU share per partition task on clusters whose workers advertise a
-            ``GPU`` resource; ignored on CPU.
-        verbose: log per-batch counts at INFO.
-        device: "cuda", "cpu", ... (default: cuda if the worker has a GPU, else cpu).
+    Weights: see :class:`~nemo_aesthetic.models.nsfw.NSFWScorer` (``model_dir`` in NeMo Curator
+    1.x's layout or holding ``clip_autokeras_binary_nsfw.pth``, else ``$NEMO_AESTHETIC_HOME``'s copy).
     """
 
-    name = "image_nsfw_filter"
+    name: str = "image_nsfw_filter"
     score_attribute = "nsfw_score"
-    weights_filename = NSFW_WEIGHTS.filename
 
-    def make_classifier(self, model_path):
-        return NsfwClassifier(model_path=model_path, device=self.device)
+    def setup_on_node(self, node_info=None, worker_metadata=None) -> None:
+        NSFWScorer.download_weights_on_node(self.model_dir)
 
-    def keep(self, scores: np.ndarray) -> np.ndarray:
-        return scores < self.score_threshold
+    def setup(self, worker_metadata=None) -> None:
+        self.model = NSFWScorer(model_dir=self.model_dir)
+        self.model.setup()
+        if self.verbose:
+            logger.info("Initialized NSFW scoring model")
+
+    label = "NSFW"
+
+    def report(self, message: str) -> None:
+        logger.info(message)
+
+    def keep(self, score: float) -> bool:
+        return score < self.score_threshold

@@ -1,114 +1,97 @@
-"""ImageWriterStage: surviving images -> new tar shards (original bytes) + one Parquet per tar."""
+"""ImageWriterStage: each ImageBatch -> ``images-<hash>-<chunk>.tar`` + ``.parquet`` (upstream's output)."""
 from __future__ import annotations
 
+import hashlib
 import posixpath
+import uuid
+from dataclasses import dataclass
 
 import fsspec
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from nemo_aesthetic.atomic import atomic_open
-from nemo_aesthetic.datasets.shards import TarShardWriter
-from nemo_aesthetic.stages.base import ProcessingStage
-from nemo_aesthetic.stages.tasks import ImageBatch, ImageObject
+from nemo_aesthetic.datasets.shards import write_members, write_rows
+from nemo_aesthetic.image.preprocess import encode_jpeg, pick_image
+from nemo_aesthetic.stages.base import ProcessingStage, logger
+from nemo_aesthetic.tasks import FileGroupTask, ImageBatch
+from nemo_aesthetic.tasks.image import image_rows
 
 
+@dataclass
 class ImageWriterStage(ProcessingStage):
-    """Write the images that reached this stage into new WebDataset tars under ``output_dir``.
+    """Write each batch's images into tars of at most ``images_per_tar`` under ``output_dir``,
+    each with a Parquet of one row per image; returns a FileGroupTask of the written files.
 
-    Each partition writes ``<partition>_<nnnnn>.tar`` (``images_per_tar`` samples each) with
-    every member of each sample (image, ``.txt``, ``.json``, ...) copied byte for byte from the
-    input tar under its original key: no re-encoding. Next to each tar,
-    ``<partition>_<nnnnn>.parquet`` holds one row per sample: ``image_id``, ``caption``,
-    ``image_path`` (where it was read from), ``embedding`` (fixed-size list<float32>, null if not
-    embedded), ``aesthetic_score``, ``nsfw_score``. Both files are written atomically.
-
-    Args:
-        output_dir: local path or fsspec URL.
-        images_per_tar: samples per output tar.
-        storage_options: fsspec options for ``output_dir``.
-        remove_image_data: release the decoded pixels and original bytes of written images, so
-            the results sent back to the client stay small (their ids, metadata, embeddings and
-            scores remain).
-        num_gpus_per_worker: accepted for symmetry; writing needs no GPU (default 0).
-        verbose: log per-tar counts at INFO.
+    Rows hold upstream's columns (``image_id``, ``tar_file``, ``member_name``, ``original_path``,
+    ``metadata``) and, beyond upstream, ``caption``, ``embedding``, ``aesthetic_score``,
+    ``nsfw_score``. An image read from a tar is written as its original members (image bytes,
+    ``.txt``, ``.json``: no re-encoding, captions kept); one that exists only as pixels is
+    encoded as JPEG. Files are written atomically; ``output_dir`` may be any fsspec URL.
     """
 
-    name = "image_writer"
+    output_dir: str
+    images_per_tar: int = 1000
+    verbose: bool = False
+    deterministic_name: bool = True
+    remove_image_data: bool = False
+    name: str = "image_writer"
 
-    def __init__(self, output_dir: str, images_per_tar: int = 1000, storage_options: dict | None = None,
-                 remove_image_data: bool = True, num_gpus_per_worker: float = 0.0, verbose: bool = False):
-        if images_per_tar < 1:
-            raise ValueError("images_per_tar must be >= 1")
-        self.output_dir = str(output_dir)
-        self.images_per_tar = images_per_tar
-        self.storage_options = dict(storage_options or {})
-        self.remove_image_data = remove_image_data
-        self.num_gpus_per_worker = num_gpus_per_worker
-        self.verbose = verbose
+    def __post_init__(self) -> None:
+        self.output_dir = str(self.output_dir)
+        self._fs, self._root = fsspec.core.url_to_fs(self.output_dir)
+        self._fs.makedirs(self._root, exist_ok=True)
 
-    def process(self, task: ImageBatch) -> ImageBatch:
-        return self.process_batch([task])[0]
+    def inputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], []
 
-    def process_batch(self, tasks):
-        """All batches of a partition at once, so tars hold ``images_per_tar`` across batches."""
-        tasks = list(tasks)
-        if not tasks:
-            return tasks
-        images = [im for t in tasks for im in t.data]
-        partition = tasks[0].task_id.rsplit("_", 1)[0]
-        fs, root = fsspec.core.url_to_fs(self.output_dir, **self.storage_options)
-        fs.makedirs(root, exist_ok=True)
-        for n, start in enumerate(range(0, len(images), self.images_per_tar)):
-            self._write(fs, posixpath.join(root, f"{partition}_{n:05d}"), images[start:start + self.images_per_tar])
-        if self.remove_image_data:
-            for im in images:
-                im.image_data = None
-                im._sample = None
-        return tasks
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], []
 
-    def _write(self, fs, stem: str, images: list[ImageObject]) -> None:
-        missing = [im.image_id for im in images if im._sample is None]
-        if missing:
-            raise ValueError(f"{self.name}: the original bytes of {len(missing)} image(s) were released "
-                             f"(e.g. {missing[:3]}); the writer must come before anything that releases them")
-        with TarShardWriter(fs, stem + ".tar") as writer:
-            for im in images:
-                writer.write(im.image_id, im._sample)
-        with atomic_open(fs, stem + ".parquet", "wb") as f:
-            pq.write_table(_table(images, posixpath.basename(stem) + ".tar"), f)
-        self._log("%s.tar: %d images", stem, len(images))
+    def construct_base_name(self, task: ImageBatch) -> str:
+        if not self.deterministic_name:
+            return f"images-{uuid.uuid4().hex[:16]}"
+        combined = "|".join(sorted(img.image_path for img in task.data)) + "|" + task.task_id
+        return f"images-{hashlib.sha256(combined.encode()).hexdigest()[:12]}"
 
+    def _encode_image_to_bytes(self, image) -> tuple[bytes, str]:
+        return encode_jpeg(image), ".jpg"
 
-def _table(images: list[ImageObject], tar_name: str) -> pa.Table:
-    dims = {im.embedding.shape[-1] for im in images if im.embedding is not None}
-    if len(dims) > 1:
-        raise ValueError(f"embeddings of different widths in one tar: {sorted(dims)}")
-    dim = dims.pop() if dims else 0
-    if dim:
-        flat = np.zeros((len(images), dim), dtype=np.float32)
-        valid = np.zeros(len(images), dtype=bool)
-        for i, im in enumerate(images):
-            if im.embedding is not None:
-                flat[i] = im.embedding
-                valid[i] = True
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim,
-                                                      mask=pa.array(~valid))
-    else:
-        embedding = pa.nulls(len(images), pa.list_(pa.float32()))
-    return pa.table({
-        "image_id": pa.array([im.image_id for im in images], pa.string()),
-        "caption": pa.array([_text(im.caption) for im in images], pa.string()),
-        "image_path": pa.array([im.image_path for im in images], pa.string()),
-        "tar_file": pa.array([tar_name] * len(images), pa.string()),
-        "embedding": embedding,
-        "aesthetic_score": pa.array([im.aesthetic_score for im in images], pa.float64()),
-        "nsfw_score": pa.array([im.nsfw_score for im in images], pa.float64()),
-    })
+    def _members(self, image) -> list[tuple[str, bytes]]:
+        sample = image._sample
+        if sample is not None:  # the image member first: it is the row's member_name
+            image_ext = pick_image(sample.members)[0]
+            return sorted(((f"{image.image_id}.{ext}", data) for ext, _, data in sample.members),
+                          key=lambda member: not member[0].endswith("." + image_ext))
+        if image.image_data is None:
+            raise ValueError("ImageObject.image_data is None; cannot write image bytes")
+        payload, ext = self._encode_image_to_bytes(image.image_data)
+        return [(f"{image.image_id}{ext}", payload)]
 
+    def _write_tar(self, base_name: str, members: list[tuple[str, bytes]]) -> str:
+        path = posixpath.join(self._root, f"{base_name}.tar")
+        if self._fs.exists(path):
+            logger.warning(f"File {path} already exists. Overwriting it.")
+        return write_members(self._fs, path, members)
 
-def _text(value) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return str(value)
+    def _write_parquet(self, base_name: str, rows: list[dict]) -> str:
+        path = posixpath.join(self._root, f"{base_name}.parquet")
+        if self._fs.exists(path):
+            logger.warning(f"File {path} already exists. Overwriting it.")
+        return write_rows(self._fs, path, rows)
+
+    def process(self, task: ImageBatch) -> FileGroupTask:
+        base, tars, parquets = self.construct_base_name(task), [], []
+        for n, start in enumerate(range(0, len(task.data), self.images_per_tar)):
+            chunk = task.data[start:start + self.images_per_tar]
+            members = [self._members(image) for image in chunk]
+            tar = self._write_tar(f"{base}-{n:06d}", [m for ms in members for m in ms])
+            tars.append(tar)
+            parquets.append(self._write_parquet(f"{base}-{n:06d}", image_rows(chunk, members, tar)))
+            if self.remove_image_data:
+                for image in chunk:
+                    image.image_data = None
+            if self.verbose:
+                logger.info(f"{self.name}: wrote {tar} with {len(chunk)} images")
+        out = FileGroupTask(dataset_name=task.dataset_name, data=[*tars, *parquets], _stage_perf=task._stage_perf,
+                            _metadata={**task._metadata, "output_dir": self.output_dir,
+                                       "images_per_tar": self.images_per_tar, "num_images": len(task.data)})
+        out.task_id = task.task_id
+        return out

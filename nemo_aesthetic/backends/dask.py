@@ -1,0 +1,145 @@
+"""DaskExecutor: a pipeline on Dask distributed, one task per partition, batches streamed.
+
+Without ``initial_tasks`` the first stage (``FilePartitioningStage``) runs here on the client
+and makes the partitions. Each partition becomes ONE Dask task that streams it through every
+later stage on the worker: each batch the reader yields goes down the remaining stages before
+the next one is read, so a worker holds about one batch per stage, not a shard, and images never
+pass through the scheduler. Models load once per worker process (``load_object_on_worker``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable, Iterator
+
+from nemo_aesthetic.backends.base import BaseExecutor, WorkerMetadata
+from nemo_aesthetic.tasks import EmptyTask
+
+logger = logging.getLogger("nemo_aesthetic")
+
+
+class DaskExecutor(BaseExecutor):
+    """Run on ``client`` (a ``distributed.Client``), else the current Dask client, else a
+    ``LocalCluster`` started for the run (CUDA workers where there is a GPU) and closed after."""
+
+    upstream_name: str | None = None
+
+    def __init__(self, config: dict | None = None, client=None, **options):
+        super().__init__(config, **{k: v for k, v in options.items() if k == "ignore_head_node"})
+        self.client = client
+        if self.upstream_name:
+            logger.info("%s runs this pipeline on Dask (nemo_aesthetic's engine; no Ray or Xenna needed)",
+                        self.upstream_name)
+
+    def execute(self, stages: list, initial_tasks: list | None = None) -> list:
+        stages = list(stages)
+        if initial_tasks is None:
+            source, stages = stages[0], stages[1:]
+            initial_tasks = source.process_batch([EmptyTask])
+            for i, task in enumerate(initial_tasks):
+                task._set_task_id("", i)
+        logger.info("pipeline: %d partition(s) through %s", len(initial_tasks),
+                    " -> ".join(s.name for s in stages) or "(no stages)")
+        if not initial_tasks or not stages:
+            return list(initial_tasks)
+        client, owned = _resolve_client(self.client)
+        try:
+            return _run_on(client, stages, initial_tasks)
+        finally:
+            if owned:
+                cluster = client.cluster
+                client.close()
+                cluster.close()
+
+
+def run_partition(stages: list, task) -> list:
+    """On the worker: set the stages up, stream one partition through them, tear them down."""
+    metadata = WorkerMetadata(worker_id=_worker_id())
+    for stage in stages:
+        stage.setup_on_node(None, metadata)
+        stage.setup(metadata)
+    try:
+        return list(stream(stages, [task]))
+    finally:
+        for stage in stages:
+            stage.teardown()
+
+
+def stream(stages: list, tasks: Iterable) -> Iterator:
+    """Each output of the first stage goes through the rest before the first stage continues."""
+    if not stages:
+        yield from tasks
+        return
+    for task in tasks:
+        outputs = (out for out in stages[0].process_stream(task) if out is not None)
+        for i, out in enumerate(outputs):
+            out._set_task_id(task.task_id, i)
+            yield from stream(stages[1:], [out])
+
+
+def _run_on(client, stages, tasks) -> list:
+    from distributed import as_completed
+
+    resources = gpu_resources(client, stages)
+    start = time.perf_counter()
+    futures = [client.submit(run_partition, stages, task, key=f"pipeline-partition-{task.task_id}-{id(task)}",
+                             pure=False, resources=resources) for task in tasks]
+    order = {f.key: i for i, f in enumerate(futures)}
+    results: list = [None] * len(futures)
+    try:
+        for done, future in enumerate(as_completed(futures), 1):
+            results[order[future.key]] = future.result()  # raises the partition's error
+            logger.info("pipeline: partition %d/%d done", done, len(futures))
+    except BaseException:
+        client.cancel(futures)
+        raise
+    flat = [t for out in results for t in out]
+    logger.info("pipeline: %d output task(s) in %.1fs", len(flat), time.perf_counter() - start)
+    return flat
+
+
+def gpu_resources(client, stages) -> dict | None:
+    """``{"GPU": x}`` (the largest share a stage asks for) when the workers advertise a GPU
+    resource; None (ignored) otherwise. A stage's ``num_gpus_per_worker`` counts even where the
+    client has no GPU: the workers may."""
+    need = max((float(getattr(s, "num_gpus_per_worker", 0) or s.resources.gpus or 0) for s in stages), default=0.0)
+    workers = client.scheduler_info().get("workers", {}) if need > 0 else {}
+    return {"GPU": need} if any("GPU" in (w.get("resources") or {}) for w in workers.values()) else None
+
+
+def _resolve_client(client):
+    """(client, whether we started it)."""
+    from distributed import Client
+
+    if client is not None:
+        if not isinstance(client, Client):
+            raise TypeError(f"executor must be a distributed.Client or an executor, got {type(client).__name__}")
+        return client, False
+    current = _current_client()
+    if current is not None:
+        return current, False
+    import torch
+
+    from nemo_aesthetic.distributed import get_client
+
+    logger.info("no Dask client found: starting a LocalCluster for this run")
+    return get_client(cluster_type="gpu" if torch.cuda.is_available() else "cpu", dashboard_address=":0"), True
+
+
+def _current_client():
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:
+        return None
+    return client if client.status == "running" else None
+
+
+def _worker_id() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except ValueError:
+        return "local"

@@ -1,0 +1,10 @@
+"""XennaExecutor under NeMo Curator 1.x's name: accepted, and runs the pipeline on Dask (see
+:class:`~nemo_aesthetic.backends.dask.DaskExecutor`), saying so in one log line."""
+from nemo_aesthetic.backends.dask import DaskExecutor
+
+
+class XennaExecutor(DaskExecutor):
+    upstream_name = "XennaExecutor"
+
+
+__all__ = ["XennaExecutor"]

@@ -1,0 +1,1 @@
+"""NeMo Curator 1.x's ``nemo_curator.core`` names that tutorials use."""

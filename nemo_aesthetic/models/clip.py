@@ -1,0 +1,178 @@
+"""CLIPImageEmbeddings (NeMo Curator 1.x's ``nemo_curator.models.clip``) on the core's timm embedder.
+
+Where the weights come from, in order:
+
+1. ``checkpoint_path``: a timm state dict;
+2. ``model_dir/openai/clip-vit-large-patch14`` in Hugging Face format (``config.json`` +
+   ``model.safetensors``), as NeMo Curator 1.x downloads it: converted on load into the timm
+   ViT of the same shape (:func:`hf_clip_to_timm`), so both fronts run the same model code;
+3. otherwise timm's own hub loading, with ``model_dir`` as the Hugging Face cache.
+
+Images go through the shard engine: original bytes (or pixels) -> safe decode with the size
+guards -> timm's preprocessing -> batches -> model -> L2-normalised embeddings.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from nemo_aesthetic.distributed import load_object_on_worker
+from nemo_aesthetic.engine import BatchPreprocessor, EmbeddedBatch, default_device, embed_stream, make_forward
+from nemo_aesthetic.image.embedders.timm import TimmImageEmbedder
+from nemo_aesthetic.image.preprocess import ImageDecodeError, cpu_transform, resize_guard
+from nemo_aesthetic.models.base import ModelInterface
+
+CLIP_MODEL_ID = "openai/clip-vit-large-patch14"
+DEFAULT_TIMM_MODEL = "vit_large_patch14_clip_quickgelu_224.openai"
+
+
+def hf_clip_timm_spec(config: dict) -> tuple[str, dict]:
+    """The timm model name and ``create_model`` kwargs of a Hugging Face CLIP config's ViT."""
+    vision = config.get("vision_config", config)
+    width = vision["hidden_size"]
+    name = "vit_large_patch14_clip_quickgelu_224" if vision.get("hidden_act", "quick_gelu") == "quick_gelu" \
+        else "vit_large_patch14_clip_224"
+    return name, dict(img_size=vision.get("image_size", 224), patch_size=vision.get("patch_size", 14),
+                      embed_dim=width, depth=vision["num_hidden_layers"], num_heads=vision["num_attention_heads"],
+                      mlp_ratio=vision.get("intermediate_size", 4 * width) / width,
+                      num_classes=config.get("projection_dim", vision.get("projection_dim", 768)))
+
+
+def hf_clip_to_timm(state: dict, config: dict) -> dict:
+    """A Hugging Face ``CLIPModel`` (or ``CLIPVisionModelWithProjection``) state dict -> the
+    state dict of the timm ViT of :func:`hf_clip_timm_spec`: same weights, same embeddings."""
+    import torch
+
+    layers = hf_clip_timm_spec(config)[1]["depth"]
+    src = {k.removeprefix("vision_model."): v for k, v in state.items() if not k.startswith("text_")}
+    out = {"cls_token": src["embeddings.class_embedding"].reshape(1, 1, -1),
+           "pos_embed": src["embeddings.position_embedding.weight"].unsqueeze(0),
+           "patch_embed.proj.weight": src["embeddings.patch_embedding.weight"],
+           "norm_pre.weight": src["pre_layrnorm.weight"], "norm_pre.bias": src["pre_layrnorm.bias"],
+           "norm.weight": src["post_layernorm.weight"], "norm.bias": src["post_layernorm.bias"]}
+    proj = state["visual_projection.weight"]
+    out["head.weight"], out["head.bias"] = proj, torch.zeros(proj.shape[0], dtype=proj.dtype)
+    for i in range(layers):
+        a, b = f"encoder.layers.{i}.", f"blocks.{i}."
+        for kind in ("weight", "bias"):
+            out[b + f"attn.qkv.{kind}"] = torch.cat([src[a + f"self_attn.{p}_proj.{kind}"] for p in "qkv"])
+            for theirs, ours in (("self_attn.out_proj", "attn.proj"), ("layer_norm1", "norm1"),
+                                 ("layer_norm2", "norm2"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+                out[b + f"{ours}.{kind}"] = src[a + f"{theirs}.{kind}"]
+    return out
+
+
+class HFClipEmbedder(TimmImageEmbedder):
+    """The core timm embedder, with its weights converted from a Hugging Face CLIP folder."""
+
+    def __init__(self, folder: str, **kwargs):
+        with open(os.path.join(folder, "config.json")) as f:
+            self.hf_config = json.load(f)
+        self.folder = folder
+        name, model_kwargs = hf_clip_timm_spec(self.hf_config)
+        super().__init__(name, pretrained=False, model_kwargs=model_kwargs, **kwargs)
+
+    def load_embedding_model(self, device: str):
+        import timm
+        from safetensors.torch import load_file
+
+        files = sorted(f for f in os.listdir(self.folder) if f.endswith(".safetensors"))
+        if not files:
+            raise RuntimeError(f"no *.safetensors weights in {self.folder}")
+        state = {}
+        for f in files:
+            state.update(load_file(os.path.join(self.folder, f)))
+        converted = hf_clip_to_timm(state, self.hf_config)
+        model = timm.create_model(self.model_name, pretrained=False, **self.model_kwargs)
+        model.load_state_dict(converted)
+        return model.eval().to(device)
+
+    def model_cache_key(self, device: str) -> str:
+        return super().model_cache_key(device) + "-" + os.path.abspath(self.folder)
+
+
+class CLIPImageEmbeddings(ModelInterface):
+    """``model(images)`` -> L2-normalised CLIP ViT-L/14 image embeddings (a ``(n, d)`` tensor).
+
+    ``images``: a list of ``(H, W, 3)`` uint8 arrays (any sizes), an ``(N, H, W, 3)`` array, or
+    :meth:`embed_images` for :class:`~nemo_aesthetic.tasks.ImageObject` s (bytes stream through
+    the engine, failures come back with their reasons). Keyword arguments beyond upstream's:
+    ``model_name``/``model_kwargs`` (timm), ``checkpoint_path``, ``device``, ``num_threads``,
+    ``autocast``.
+    """
+
+    def __init__(self, model_dir: str | None = None, model_name: str = DEFAULT_TIMM_MODEL,
+                 model_kwargs: dict | None = None, checkpoint_path: str | None = None, device: str | None = None,
+                 num_threads: int = 4, autocast: bool = True):
+        self.model_dir = None if model_dir is None else str(model_dir)
+        self.device = device or default_device()
+        hf_folder = os.path.join(self.model_dir, CLIP_MODEL_ID) if self.model_dir else None
+        options = dict(num_threads_per_worker=num_threads, autocast=autocast, device=self.device)
+        if checkpoint_path is None and hf_folder and os.path.exists(os.path.join(hf_folder, "config.json")):
+            self.embedder = HFClipEmbedder(hf_folder, **options)
+        else:
+            self.embedder = TimmImageEmbedder(model_name, pretrained=checkpoint_path is None,
+                                              checkpoint_path=checkpoint_path, model_kwargs=model_kwargs,
+                                              cache_dir=self.model_dir, **options)
+        self.clip = None
+
+    @property
+    def model_id_names(self) -> list[str]:
+        return [CLIP_MODEL_ID]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.embedder.embedding_dim
+
+    def setup(self) -> None:
+        e = self.embedder
+        try:
+            self.clip, self.preprocess = load_object_on_worker(e.model_cache_key(self.device),
+                                                               e.load_model_and_preprocessor, self.device)
+        except Exception as exc:
+            layout = os.path.join(self.model_dir, CLIP_MODEL_ID) if self.model_dir else "(no model_dir)"
+            raise RuntimeError(f"cannot load CLIP model: no Hugging Face CLIP at {layout} (NeMo Curator 1.x's "
+                               f"layout: config.json + *.safetensors), and timm's loading failed: {exc}") from exc
+        self.transform = cpu_transform(self.clip)
+        self.check_resize = resize_guard(self.transform, e.max_pixels)
+        self.forward = make_forward(self.clip, [], self.device, e.normalize_embeddings, e.autocast)
+
+    def from_pixels(self, pixels):
+        """``(H, W, 3)`` uint8 -> model input, with the same resize guard as bytes get."""
+        from PIL import Image
+
+        if pixels is None:
+            raise ImageDecodeError("no image data and no original bytes left to embed")
+        self.check_resize(pixels.shape[1], pixels.shape[0])
+        try:
+            return self.transform(Image.fromarray(np.asarray(pixels, dtype=np.uint8)).convert("RGB"))
+        except Exception as exc:  # e.g. a shape PIL cannot take
+            raise ImageDecodeError(f"preprocessing failed: {type(exc).__name__}: {exc}") from None
+
+    def _from_object(self, image):
+        data = None if image.has_pixels else image.image_bytes
+        return self.preprocess(data) if data is not None else self.from_pixels(image.image_data)
+
+    def embed_images(self, images: Iterable, batch_size: int, on_error, on_batch=None) -> Iterator[EmbeddedBatch]:
+        """ImageObjects -> engine batches (tags are the ImageObjects); failures to ``on_error``."""
+        if self.clip is None:
+            self.setup()
+        with BatchPreprocessor(self._from_object, self.embedder.num_threads_per_worker) as pre:
+            yield from embed_stream(((im, im) for im in images), pre, self.forward, batch_size, on_error, on_batch)
+
+    def __call__(self, images):
+        import torch
+
+        if self.clip is None:
+            self.setup()
+        if isinstance(images, torch.Tensor):
+            images = images.permute(0, 2, 3, 1).cpu().numpy() if images.shape[1] == 3 else images.cpu().numpy()
+        embeddings, _ = self.forward(torch.stack([self.from_pixels(im) for im in images]))
+        return torch.from_numpy(embeddings)
+
+    @classmethod
+    def download_weights_on_node(cls, model_dir: str | None) -> None:
+        """Hugging Face format weights are used where they are; otherwise timm fetches them on load."""

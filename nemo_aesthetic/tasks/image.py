@@ -1,0 +1,121 @@
+"""ImageObject and ImageBatch (NeMo Curator 1.x's ``nemo_curator.tasks.image``).
+
+An :class:`ImageObject` read from a tar keeps the tar sample it came from (every member's
+header and bytes) instead of decoded pixels: ``image_data`` decodes on access, through the
+engine's safe decode (size guards), without keeping the pixels. So a batch of 6-MP images costs
+their JPEG bytes, not 18 MB each, the writer can copy the original bytes and captions, and
+setting ``image_data = None`` (``remove_image_data``) releases the image altogether.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nemo_aesthetic.tasks.tasks import Task
+
+
+class _Pixels:
+    """``image_data``: what was set, else decoded from the original sample on each access."""
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return None  # the dataclass field's default
+        value = obj.__dict__.get("_image_data")
+        if value is None and obj.image_bytes is not None:
+            from nemo_aesthetic.image.preprocess import decode_image
+
+            return np.asarray(decode_image(obj.image_bytes))
+        return value
+
+    def __set__(self, obj, value) -> None:
+        if isinstance(value, _Pixels):  # the dataclass default: nothing set
+            value = None
+        obj.__dict__["_image_data"] = value
+        if value is None:
+            obj.__dict__["_sample"] = None  # releasing the image releases its original bytes too
+
+
+@dataclass
+class ImageObject:
+    """One image with its metadata.
+
+    Attributes:
+        image_path: where the image was read from (``<tar path>/<member name>``).
+        image_id: the sample key in the tar.
+        metadata: the caption (``.txt`` member, else the json's) and the ``.json`` fields.
+        image_data: RGB pixels ``(H, W, 3)`` uint8.
+        embedding: the L2-normalised image embedding.
+        aesthetic_score, nsfw_score: set by the filter stages.
+    """
+
+    image_path: str = ""
+    image_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    image_data: np.ndarray | None = field(default=_Pixels(), repr=False, compare=False)
+    embedding: np.ndarray | None = None
+    aesthetic_score: float | None = None
+    nsfw_score: float | None = None
+
+    @property
+    def _sample(self):
+        """The tar sample this image was read from (None when made from pixels or released)."""
+        return self.__dict__.get("_sample")
+
+    @property
+    def has_pixels(self) -> bool:
+        """True when pixels were set (not merely decodable from the original bytes)."""
+        return self.__dict__.get("_image_data") is not None
+
+    @property
+    def image_bytes(self) -> bytes | None:
+        """The original, undecoded bytes of the image member, if known."""
+        sample = self._sample
+        if sample is None:
+            return None
+        from nemo_aesthetic.image.preprocess import pick_image
+
+        picked = pick_image(sample.members)
+        return picked[1] if picked else None
+
+    @property
+    def caption(self) -> str | None:
+        return self.metadata.get("caption")
+
+    @classmethod
+    def from_sample(cls, sample, image_path: str, metadata: dict) -> "ImageObject":
+        image = cls(image_path=image_path, image_id=sample.key, metadata=metadata)
+        image.__dict__["_sample"] = sample
+        return image
+
+
+def image_rows(images: list[ImageObject], members: list[list[tuple[str, bytes]]], tar_file: str) -> list[dict]:
+    """One Parquet row per written image: upstream's columns, then caption, embedding and scores."""
+    rows = []
+    for image, written in zip(images, members):
+        meta = {k: v for k, v in image.metadata.items() if not isinstance(v, bytes)}
+        rows.append({"image_id": image.image_id, "tar_file": tar_file, "member_name": written[0][0],
+                     "original_path": image.image_path, "metadata": repr(meta), "caption": image.caption,
+                     "embedding": None if image.embedding is None else [float(x) for x in image.embedding],
+                     "aesthetic_score": image.aesthetic_score, "nsfw_score": image.nsfw_score})
+    return rows
+
+
+@dataclass
+class ImageBatch(Task[list[ImageObject]]):
+    """A batch of images. ``_metadata["errors"]`` lists ``(image_id, reason)`` for the images a
+    stage dropped because they failed (as opposed to those a filter removed by score)."""
+
+    data: list[ImageObject] = field(default_factory=list)
+
+    def validate(self) -> bool:
+        return True
+
+    @property
+    def num_items(self) -> int:
+        return len(self.data)
+
+    @property
+    def errors(self) -> list[tuple[str, str]]:
+        return self._metadata.setdefault("errors", [])
