@@ -34,7 +34,7 @@ from nemo_aesthetic.datasets.shards import iter_samples
 from nemo_aesthetic.image.classifiers import AestheticClassifier
 from nemo_aesthetic.image.embedders import TimmImageEmbedder
 from nemo_aesthetic.stages.image.io.image_reader import ImageReaderStage
-from nemo_aesthetic.stages.tasks import FileGroupTask
+from nemo_aesthetic.tasks.file_group import FileGroupTask
 
 GIB = 2**30
 MIB = 2**20
@@ -129,7 +129,7 @@ def score(tiny_checkpoint, aesthetic_weights):
 def stage_read(tar_path) -> tuple[list[str], dict[str, str]]:
     """The stage front's reader on one tar: (ids of the images read, {id: reason dropped})."""
     batches = ImageReaderStage(batch_size=8, num_threads=2).process(
-        FileGroupTask(task_id="t", dataset_name="d", data=[str(tar_path)]))
+        FileGroupTask(dataset_name="d", data=[str(tar_path)]))
     return ([im.image_id for b in batches for im in b.data], {k: r for b in batches for k, r in b.errors})
 
 

@@ -119,15 +119,16 @@ class ImageTextPairDataset:
 
         The directory is held for the run (:func:`~nemo_aesthetic.atomic.exclusive_output`): a second
         run into it fails at once, and temporary files of a killed run are removed.
+
         Returns ``{"written": [shard names], "skipped": [shard names]}``.
         """
         if mode not in ("overwrite", "resume"):
             raise ValueError(f"mode must be 'overwrite' or 'resume', not {mode!r}")
         fs, root = self._fs_for(path)
         with exclusive_output(fs, root):
-            return self._save_metadata(fs, root, columns, mode)
+            return self._save_metadata(fs, root, columns, mode, file_metadata)
 
-    def _save_metadata(self, fs, root: str, columns, mode: str) -> dict:
+    def _save_metadata(self, fs, root: str, columns, mode: str, file_metadata: dict | None) -> dict:
         columns = list(columns) if columns is not None else None
         targets = [posixpath.join(root, f"{shard.name}.parquet") for shard in self.shards]
         wanted = set(columns if columns is not None else self.metadata.columns)
