@@ -246,3 +246,14 @@ def test_temporaries_of_a_killed_filter_are_removed_by_resume(tmp_path):
     assert cli.main(["filter", str(data), "--threshold=0", "--out", str(out), "--mode", "resume", "-q"]) == 0
     assert temporaries(out) == []
     assert len(pd.read_parquet(out / "00000.parquet")) == 10  # 5 downloaded rows per input shard
+
+
+@pytest.mark.parametrize("nan", ["nan", "NaN", "-nan"])
+def test_filter_threshold_nan_is_a_usage_error_not_an_empty_dataset(tmp_path, capsys, nan):
+    scored_dataset(tmp_path / "DS", n_shards=1)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["filter", str(tmp_path / "DS"), f"--threshold={nan}", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--threshold" in err and "expected a number, got nan" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
