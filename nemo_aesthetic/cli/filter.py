@@ -9,7 +9,7 @@ import sys
 
 from nemo_aesthetic.cli import common
 from nemo_aesthetic.cli.options import (FILTER_COLUMN, PROG, SCORE_COLUMN, UsageError, add_quiet_option,
-                                        positive_int)
+                                        positive_int, score_number)
 
 logger = logging.getLogger("nemo_aesthetic.cli")
 
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
                     "tied at the cut, the first in shard order are kept, so exactly N rows are selected.")
     filt.add_argument("path", metavar="PATH", help="scored dataset directory (tars + Parquet with aesthetic_score)")
     how = filt.add_mutually_exclusive_group(required=True)
-    how.add_argument("--threshold", metavar="T", type=float, help="keep rows with score >= T")
+    how.add_argument("--threshold", metavar="T", type=score_number, help="keep rows with score >= T")
     how.add_argument("--top-percent", metavar="P", type=_percent, help="keep the best P %% of the scored rows")
     how.add_argument("--top-k", metavar="N", type=positive_int, help="keep the best N rows")
     filt.add_argument("--out", metavar="DIR", required=True, help="output directory (not PATH)")
