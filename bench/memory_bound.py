@@ -14,7 +14,7 @@ The one-image run is each front's baseline (interpreter + torch + model); the di
 the shard's size costs. The shard's tar is several hundred MB, so a reader that held the shard,
 or decoded all its images, would show it here.
 
-    python bench/memory_bound.py [N_IMAGES=2000] [WIDTH=3000] [HEIGHT=2000]
+    python bench/memory_bound.py [N_IMAGES=2000] [WIDTH=3000] [HEIGHT=2000] [FRONTS=legacy,stage]
 """
 from __future__ import annotations
 
@@ -112,6 +112,7 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     w = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
     h = int(sys.argv[3]) if len(sys.argv) > 3 else 2000
+    fronts = sys.argv[4].split(",") if len(sys.argv) > 4 else ["legacy", "stage"]
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         tar_bytes = write_shard(os.path.join(tmp, "big"), n, (w, h))
@@ -121,7 +122,7 @@ def main() -> None:
         for name in ("one", "big"):
             save_model(os.path.join(tmp, name, "model.pth"))
         runs = {front: (measure(os.path.join(tmp, "one"), child), measure(os.path.join(tmp, "big"), child))
-                for front, child in (("legacy", CHILD), ("stage", STAGE_CHILD))}
+                for front, child in (("legacy", CHILD), ("stage", STAGE_CHILD)) if front in fronts}
     print(f"model {MODEL} {MODEL_KWARGS}, batch_size {BATCH}, 2 decode threads, in the measured process")
     for front, (base, big) in runs.items():
         print(f"{front:6s} baseline (1 image):  peak RSS {base['peak_rss_mb']:.0f} MiB")
@@ -130,8 +131,9 @@ def main() -> None:
         print(f"{front:6s} growth over baseline: {big['peak_rss_mb'] - base['peak_rss_mb']:.0f} MiB "
               f"for a {tar_bytes / 2**20:.0f} MiB shard "
               f"(ratio peak/baseline {big['peak_rss_mb'] / base['peak_rss_mb']:.2f}x)")
-    legacy, stage = runs["legacy"][1], runs["stage"][1]
-    print(f"stage/legacy peak RSS on the shard: {stage['peak_rss_mb'] / legacy['peak_rss_mb']:.2f}x")
+    if len(runs) == 2:
+        legacy, stage = runs["legacy"][1], runs["stage"][1]
+        print(f"stage/legacy peak RSS on the shard: {stage['peak_rss_mb'] / legacy['peak_rss_mb']:.2f}x")
 
 
 if __name__ == "__main__":

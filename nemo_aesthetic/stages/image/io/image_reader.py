@@ -59,6 +59,8 @@ class ImageReaderStage(ProcessingStage):
                         batch = ImageBatch(dataset_name=task.dataset_name, data=[], _metadata=dict(task._metadata))
             except ShardReadError as exc:
                 logger.error("%s: %s; keeping the samples read before it", self.name, exc)
+            if self.verbose:
+                logger.info("%s: read %s", self.name, path)
         if batch.data or batch.errors:
             yield batch
 
