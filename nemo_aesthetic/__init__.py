@@ -1,5 +1,12 @@
 """nemo_aesthetic: aesthetic scores for image-text datasets at scale, on Dask (CPU or GPU)."""
+import dask
+
 from nemo_aesthetic.distributed import get_client, load_object_on_worker
+
+# As NeMo Curator 0.x does on import: dask would otherwise turn object columns into strings, so a
+# metadata frame a user builds with ``dd.from_pandas`` (embeddings as lists or arrays) would have
+# its embeddings written as text such as "[0.1 0.2 ... 0.3]" - truncated, and lost.
+dask.config.set({"dataframe.convert-string": False})
 
 __all__ = ["get_client", "load_object_on_worker", "ImageTextPairDataset", "TimmImageEmbedder",
            "AestheticClassifier", "NsfwClassifier"]

@@ -198,11 +198,14 @@ def column_values(series) -> list:
 def empty_like_with(meta, columns: dict):
     """``meta`` plus new empty columns, for ``map_partitions(meta=...)``.
 
-    ``columns`` maps a name to "embedding:<dim>", "float32" or "string".
+    ``columns`` maps a name to "embedding:<dim>" ("embedding:?" when the width is not known yet),
+    "float32" or "string".
     """
     out = meta.copy()
     for name, kind in columns.items():
-        if kind.startswith("embedding:"):
+        if kind == "embedding:?":  # width known only once a model has run: a list column
+            out[name] = _empty_list_series(out.index, like=meta)
+        elif kind.startswith("embedding:"):
             dim = int(kind.split(":", 1)[1])
             out[name] = embeddings_to_series(np.zeros((0, dim), np.float32), np.zeros(0, bool), out.index, like=meta)
         elif kind == "float32":
@@ -212,3 +215,45 @@ def empty_like_with(meta, columns: dict):
         else:
             raise ValueError(f"unknown column kind {kind!r}")
     return out
+
+
+def values_series(values, valid: np.ndarray, index, dtype, like=None):
+    """Values of the valid rows -> a column of ``dtype`` (a numpy/pandas dtype), null elsewhere.
+
+    Floats hold NaN for null; bools and integers become pandas' nullable types (a plain numpy
+    bool/int column cannot hold a null); anything else is an object column.
+    """
+    valid = np.asarray(valid, dtype=bool)
+    values = np.asarray(values)
+    dtype = pd.api.types.pandas_dtype(dtype)
+    kind = getattr(dtype, "kind", "O")
+    n = len(valid)
+    if kind == "f":
+        full = np.full(n, np.nan, dtype=dtype)
+        full[valid] = values
+        series = pd.Series(full, index=index)
+    elif kind in "biu":
+        numpy_dtype = np.dtype(getattr(dtype, "numpy_dtype", dtype))
+        data = np.zeros(n, dtype=numpy_dtype)
+        data[valid] = values
+        array = pd.array(data, dtype=pd.api.types.pandas_dtype(
+            "boolean" if kind == "b" else numpy_dtype.name.replace("int", "Int").replace("uInt", "UInt")))
+        array[~valid] = pd.NA
+        series = pd.Series(array, index=index)
+    else:
+        full = np.full(n, None, dtype=object)
+        full[valid] = list(values)
+        series = pd.Series(full, index=index, dtype=object)
+    if like is not None and _is_cudf(like):
+        import cudf
+
+        return cudf.from_pandas(series)
+    return series
+
+
+def _empty_list_series(index, like=None):
+    if like is not None and _is_cudf(like):
+        import cudf
+
+        return cudf.Series([], dtype=cudf.ListDtype("float32")).set_axis(index)
+    return pd.Series(pd.array([], dtype=pd.ArrowDtype(pa.list_(pa.float32()))), index=index)

@@ -19,7 +19,9 @@ def pytest_collection_modifyitems(config, items):
     if not has_cuda:
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:
-            if "gpu" in item.keywords:
+            # NeMo Curator's ported tests mark everything gpu; there the ones that need CUDA
+            # themselves are skipped by tests/compat_legacy/conftest.py, the rest run on CPU.
+            if "gpu" in item.keywords and "compat_legacy" not in item.path.parts:
                 item.add_marker(skip)
 
 

@@ -159,3 +159,46 @@ def web_photo(seed: int, progressive: bool = False, long_side: tuple[int, int] =
     image.save(buf, format="JPEG", quality=rnd.randint(75, 95), subsampling=rnd.choice([0, 1, 2]),
                progressive=progressive)
     return buf.getvalue()
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def bad_quant_table(jpeg: bytes) -> bytes:
+    """A complete baseline JPEG whose first component names an undefined quantisation table:
+    the header looks fine, the decoders refuse it."""
+    data = bytearray(jpeg)
+    sof = data.index(b"\xff\xc0")
+    data[sof + 4 + 6 + 2] = 3
+    return bytes(data)
+
+
+def decode_corpus() -> dict[str, bytes]:
+    """What the batched tensor path must route right, by name: web-photo JPEGs of several sizes
+    (two equal, so they share a resize call), 4:4:4 chroma, grayscale, and what must go to PIL
+    (progressive, CMYK, PNG, truncated, a JPEG the decoders refuse) or be refused (HTML, empty,
+    too many pixels with ``max_pixels=5_000_000``, a 10000x1 resize)."""
+    photo = web_photo(1)
+    gray = Image.open(io.BytesIO(web_photo(2))).convert("L")
+    return {
+        "photo_a": photo,
+        "photo_a_again": photo,  # same size as photo_a: one resize call for both
+        "photo_b": web_photo(3),
+        "photo_444": encode(Image.open(io.BytesIO(web_photo(4))), quality=90, subsampling=0),
+        "photo_progressive": web_photo(5, progressive=True),
+        "gray": encode(gray, quality=85),
+        "cmyk": encode(Image.open(io.BytesIO(web_photo(6))).convert("CMYK"), quality=90),
+        "png": image_bytes(7, (300, 200), fmt="PNG"),
+        "tiny_1x1": encode(Image.new("RGB", (1, 1), (200, 30, 30))),
+        "wide_2000x20": encode(Image.new("RGB", (2000, 20), (10, 200, 30))),
+        "wide_10000x1": encode(Image.new("RGB", (10000, 1), (10, 200, 30))),
+        "html": b"<!DOCTYPE html><html>404</html>",
+        "empty": b"",
+        "truncated": image_bytes(8, (320, 240))[:-600],
+        "truncated_with_eoi": image_bytes(9, (320, 240))[:-600] + b"\xff\xd9",
+        "bad_quant_table": bad_quant_table(image_bytes(10, (320, 240))),
+        "too_many_pixels": encode(Image.new("RGB", (3000, 2000), (1, 2, 3))),
+    }

@@ -13,12 +13,28 @@ def _run(*args):
 
 
 def test_gpu_throughput_smoke_on_cpu():
+    """The GPU bench's code path on the CPU: real photos through decode="tensor" (torchvision's CPU
+    decoder), one and two shards at a time, and the fidelity check against the PIL path."""
     out = _run(os.path.join(BENCH, "gpu_throughput.py"), "--tiny", "--device", "cpu", "--batch", "8",
-               "--threads", "1", "--shards", "1", "--images-per-shard", "16", "--seconds", "0.5",
-               "--matmul", "256")
-    assert "model only:" in out and "end to end:" in out and "of the bound" in out
+               "--threads", "1", "--shards", "2", "--images-per-shard", "8", "--unique", "10",
+               "--progressive", "0.2", "--seconds", "0.5", "--matmul", "256")
+    assert "model only:" in out and out.count("of the bound") == 3, out
+    assert "2 shards x 8 real photos (10 distinct" in out and "2 progressive" in out, out
+    assert "1 shard at a time" in out and "2 shards at a time" in out and "LocalCUDACluster: skipped" in out, out
+    assert "-> PASS" in out and "over 8 photos" in out, out
 
 
 def test_graph_build_smoke():
     out = _run(os.path.join(BENCH, "graph_build.py"), "40")
     assert "tasks per shard" in out
+
+
+def test_score_precomputed_smoke():
+    from conftest import AESTHETIC_WEIGHTS
+
+    if not AESTHETIC_WEIGHTS.exists():
+        import pytest
+
+        pytest.skip(f"needs the LAION aesthetic weights at {AESTHETIC_WEIGHTS} (../shared/models)")
+    out = _run(os.path.join(BENCH, "score_precomputed.py"), "--smoke")
+    assert "score npy / np.load:" in out and "score npy, cold / np.load, cold:" in out

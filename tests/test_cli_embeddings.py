@@ -40,8 +40,12 @@ def test_score_embeddings_command(tmp_path, weights_home, monkeypatch, capsys):
         table = pq.read_table(out / f"img_emb_{i}.parquet")
         assert table.column_names == ["caption", "aesthetic_score", "error"]
         np.testing.assert_allclose(table["aesthetic_score"].to_numpy(), reference(x), rtol=0, atol=1e-5)
-    assert cli.main(["score-embeddings", emb, "--out", str(out), "--metadata", meta, "-q"]) == 0
+    assert cli.main(["score-embeddings", emb, "--out", str(out), "--metadata", meta, "--columns", "caption", "-q"]) == 0
     assert "files: 0 written, 3 already done" in capsys.readouterr().out
+    # Other columns are another job: its files are rewritten, not taken as done.
+    assert cli.main(["score-embeddings", emb, "--out", str(out), "--metadata", meta, "-q"]) == 0
+    assert "files: 3 written, 0 already done" in capsys.readouterr().out
+    assert pq.read_table(out / "img_emb_0.parquet").column_names == ["url", "caption", "aesthetic_score", "error"]
 
     # 512-d embeddings with the default v2 head: one line naming the file, exit 2, nothing written
     small, _, _ = write_layout(tmp_path / "small", "npy", sizes=[4], dim=512)

@@ -1,8 +1,14 @@
-"""GPU tests: run where CUDA is available (the lent H100), skipped elsewhere."""
+"""GPU tests: run where CUDA is available (a lent H100/H200), skipped elsewhere.
+
+Everything here also runs on the CPU in tests/test_tensor_preprocess.py (torchvision's CPU decoder
+through the same batched calls); these check what only a GPU shows: nvJPEG's pixels and
+refusals against the PIL path, no host synchronisation in our batch code, bf16 weights, the
+stream hand-over between the preparing thread and the model, and a LocalCUDACluster.
+"""
 import numpy as np
 import pytest
 import torch
-from factory import TINY_KWARGS, TINY_MODEL, write_img2dataset
+from factory import TINY_KWARGS, TINY_MODEL, decode_corpus, image_bytes, web_photo, write_img2dataset
 
 from nemo_aesthetic.datasets import ImageTextPairDataset
 from nemo_aesthetic.frames import embeddings_to_matrix
@@ -22,6 +28,75 @@ def ckpt(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def tiny_model():
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(TINY_MODEL, pretrained=False, **TINY_KWARGS).eval()
+
+
+def test_nvjpeg_batch_gives_each_image_the_pil_paths_outcome_and_close_pixels(tiny_model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nemo_aesthetic.image.preprocess import ImageDecodeError, cpu_transform, make_preprocessor
+    from nemo_aesthetic.image.tensor_preprocess import TensorBatchPreprocessor
+
+    cases = decode_corpus()
+    pil = make_preprocessor(cpu_transform(tiny_model), max_pixels=5_000_000)
+    with ThreadPoolExecutor(2) as pool:
+        got = TensorBatchPreprocessor(tiny_model, "cuda", max_pixels=5_000_000)(list(cases.values()), pool)
+    results = got.per_payload(len(cases))
+    deltas = {}
+    for (name, data), ours in zip(cases.items(), results):
+        try:
+            ref = pil(data)
+        except ImageDecodeError as exc:
+            assert str(ours) == str(exc), name
+            continue
+        assert not isinstance(ours, Exception), (name, ours)
+        diff = (ours.float().cpu() - ref).abs()
+        deltas[name] = (round(float(diff.mean()), 4), round(float(diff.max()), 3))
+    print("nvJPEG vs PIL, normalised units (mean, max):", deltas)
+    assert len(deltas) == 11
+    # nvJPEG's IDCT and chroma upsampling are not libjpeg's: a little more than the CPU decoder's delta.
+    assert max(m for m, _ in deltas.values()) < 0.02, deltas
+    assert max(x for _, x in deltas.values()) < 1.0, deltas
+
+
+def test_no_host_synchronisation_inside_a_batch(tiny_model):
+    """Our batch code (PIL upload, grouping, resize, crop, normalise) never makes the host wait for
+    the device: CUDA's sync debug mode raises on any synchronising call."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from nemo_aesthetic.image.tensor_preprocess import TensorBatchPreprocessor
+
+    batcher = TensorBatchPreprocessor(tiny_model, "cuda")
+    jpegs = [web_photo(i) for i in range(6)] + [web_photo(0)]
+    raws = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
+    decoded = dict(enumerate(decode_jpeg(raws, mode=ImageReadMode.RGB, device="cuda")))
+    pngs = [image_bytes(i, (320, 240), fmt="PNG") for i in range(3)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batch, rows = batcher._transform(decoded, {}, torch.bfloat16)
+        from_pil = batcher(pngs)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert batch.shape == (7, 3, 224, 224) and batch.dtype == torch.bfloat16 and rows == list(range(7))
+    assert from_pil.images.shape == (3, 3, 224, 224) and from_pil.images.device.type == "cuda"
+
+
+def test_weights_are_cast_to_bf16_once(ckpt):
+    emb = TimmImageEmbedder(TINY_MODEL, model_kwargs=TINY_KWARGS, checkpoint_path=ckpt)
+    model = emb.load_embedding_model("cuda")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    exact = TimmImageEmbedder(TINY_MODEL, model_kwargs=TINY_KWARGS, checkpoint_path=ckpt, autocast=False)
+    assert {p.dtype for p in exact.load_embedding_model("cuda").parameters()} == {torch.float32}
+    assert emb.model_cache_key("cuda") != exact.model_cache_key("cuda")
+    assert emb.batch_size_on("cuda") == 256
+
+
 def _run(root, ckpt, weights, **kw):
     ds = ImageTextPairDataset.from_webdataset(str(root))
     emb = TimmImageEmbedder(TINY_MODEL, model_kwargs=TINY_KWARGS, checkpoint_path=ckpt, batch_size=8,
@@ -30,12 +105,14 @@ def _run(root, ckpt, weights, **kw):
 
 
 def test_cuda_nvjpeg_bf16_matches_cpu_reference(tmp_path, ckpt, aesthetic_weights):
-    write_img2dataset(tmp_path / "ds", n_shards=2, rows_per_shard=16, image_size=(320, 240))
+    """The whole GPU path (shards read ahead, batches decoded by nvJPEG on a side stream while the
+    previous batch is in the model, bf16 weights) against the CPU reference path, by key."""
+    write_img2dataset(tmp_path / "ds", n_shards=3, rows_per_shard=40, image_size=(320, 240))
     cpu = _run(tmp_path / "ds", ckpt, aesthetic_weights, device="cpu", decode="pil", autocast=False)
-    gpu = _run(tmp_path / "ds", ckpt, aesthetic_weights, device="cuda")  # nvJPEG + bf16 autocast
+    gpu = _run(tmp_path / "ds", ckpt, aesthetic_weights, device="cuda")  # nvJPEG + bf16 weights + autocast
     assert cpu["error"].fillna("").tolist() == gpu["error"].fillna("").tolist()
     delta = (cpu["aesthetic_score"] - gpu["aesthetic_score"]).abs().dropna()
-    assert len(delta) == 24
+    assert len(delta) == 90
     assert delta.mean() < 0.05 and delta.max() < 0.2, delta.describe()
     (a, va), (b, vb) = embeddings_to_matrix(cpu["image_embedding"]), embeddings_to_matrix(gpu["image_embedding"])
     assert ((a[va] * b[vb]).sum(axis=1) > 0.99).all()
@@ -65,5 +142,7 @@ def test_local_cuda_cluster(tmp_path):
     pytest.importorskip("dask_cuda")
     from nemo_aesthetic import get_client
 
-    with get_client(cluster_type="gpu") as client:
-        assert len(client.scheduler_info()["workers"]) == torch.cuda.device_count()
+    with get_client(cluster_type="gpu", threads_per_worker=2) as client:
+        workers = client.scheduler_info()["workers"].values()
+        assert len(workers) == torch.cuda.device_count()
+        assert {w["nthreads"] for w in workers} == {2}

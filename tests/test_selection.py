@@ -84,3 +84,19 @@ def test_bad_arguments():
         mark_top(metadata, top_percent=150)
     with pytest.raises(KeyError, match="no column 'score'"):
         mark_top(metadata, "score", top_k=1)
+
+
+def test_mark_top_on_any_dask_frame(tmp_path):
+    """E.g. the Parquet files score_embeddings writes, read back with dd.read_parquet."""
+    import dask.dataframe as dd
+
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        pq.write_table(pa.table({"aesthetic_score": rng.normal(5, 1, 50).round(1).astype(np.float32)}),
+                       tmp_path / f"img_emb_{i}.parquet")
+    frame = dd.read_parquet(str(tmp_path))
+    with dask.config.set(scheduler="synchronous"):
+        marked, summary = mark_top(frame, top_percent=10)
+        df = marked.compute()
+    assert summary == {"scored": 200, "kept": 20, "threshold": summary["threshold"]} and df["keep"].sum() == 20
+    assert df.loc[df["keep"], "aesthetic_score"].min() >= df.loc[~df["keep"], "aesthetic_score"].max()

@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from factory import TINY_KWARGS, TINY_MODEL, image_bytes, web_photo, write_img2dataset
+from factory import (TINY_KWARGS, TINY_MODEL, bad_quant_table, decode_corpus, encode, image_bytes, web_photo,
+                     write_img2dataset)
 from PIL import Image
 
 from nemo_aesthetic.datasets import ImageTextPairDataset
@@ -35,47 +36,6 @@ def tiny_model():
     return timm.create_model(TINY_MODEL, pretrained=False, **TINY_KWARGS).eval()
 
 
-def encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
-
-
-def bad_quant_table(jpeg: bytes) -> bytes:
-    """A complete baseline JPEG whose first component names an undefined quantisation table:
-    the header looks fine, the decoders refuse it."""
-    data = bytearray(jpeg)
-    sof = data.index(b"\xff\xc0")
-    data[sof + 4 + 6 + 2] = 3
-    return bytes(data)
-
-
-def corpus() -> dict[str, bytes]:
-    """Everything the batched path must route: device JPEGs of several sizes (some equal, so
-    they share a resize call), grayscale, and what must go to PIL, with PIL's reasons."""
-    photo = web_photo(1)
-    gray = Image.open(io.BytesIO(web_photo(2))).convert("L")
-    return {
-        "photo_a": photo,
-        "photo_a_again": photo,  # same size as photo_a: one resize call for both
-        "photo_b": web_photo(3),
-        "photo_444": encode(Image.open(io.BytesIO(web_photo(4))), quality=90, subsampling=0),
-        "photo_progressive": web_photo(5, progressive=True),
-        "gray": encode(gray, quality=85),
-        "cmyk": encode(Image.open(io.BytesIO(web_photo(6))).convert("CMYK"), quality=90),
-        "png": image_bytes(7, (300, 200), fmt="PNG"),
-        "tiny_1x1": encode(Image.new("RGB", (1, 1), (200, 30, 30))),
-        "wide_2000x20": encode(Image.new("RGB", (2000, 20), (10, 200, 30))),
-        "wide_10000x1": encode(Image.new("RGB", (10000, 1), (10, 200, 30))),
-        "html": b"<!DOCTYPE html><html>404</html>",
-        "empty": b"",
-        "truncated": image_bytes(8, (320, 240))[:-600],
-        "truncated_with_eoi": image_bytes(9, (320, 240))[:-600] + b"\xff\xd9",
-        "bad_quant_table": bad_quant_table(image_bytes(10, (320, 240))),
-        "too_many_pixels": encode(Image.new("RGB", (3000, 2000), (1, 2, 3))),
-    }
-
-
 def outcomes(results: list) -> list:
     return [str(r) if isinstance(r, ImageDecodeError) else "ok" for r in results]
 
@@ -96,7 +56,7 @@ def test_jpeg_header_reads_what_pil_reads():
 
 
 def test_batch_gives_each_image_the_pil_paths_outcome_and_close_pixels(tiny_model):
-    cases = corpus()
+    cases = decode_corpus()
     names, payloads = list(cases), list(cases.values())
     pil = make_preprocessor(cpu_transform(tiny_model), max_pixels=5_000_000)
     reference = []

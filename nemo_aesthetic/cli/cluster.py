@@ -45,7 +45,7 @@ def dask_client(cluster: str, scheduler_file: str | None, workers: int | None, n
         logger.info("starting a local Dask cluster with %d worker process(es)", n_workers)
         client = get_client("cpu", n_workers=n_workers, threads_per_worker=1, dashboard_address=":0")
     elif cluster == "gpu":
-        client = get_client("gpu")
+        client = get_client("gpu", threads_per_worker=2)  # two shards per GPU: one decodes while one runs
     else:
         client = get_client(scheduler_address=cluster)
     started = client.cluster if (scheduler_file is None and cluster in ("cpu", "gpu")) else None

@@ -56,6 +56,17 @@ def check_weights(args, model: str, kwargs: dict, pretrained: bool, checkpoint: 
     return aesthetic
 
 
+#: ``--cluster gpu`` defaults: a batch that fills an H100/H200 with ViT-L/14 (bf16), and decode threads
+#: for the images nvJPEG does not take (PNG, progressive JPEG, ...) on a 16-core GPU machine.
+GPU_BATCH_SIZE, GPU_THREADS = 256, 8
+
+
+def batch_and_threads(args) -> tuple[int, int]:
+    """``(batch size, decode threads per worker)``: the user's, else the defaults for the cluster."""
+    gpu = args.cluster == "gpu"
+    return args.batch_size or (GPU_BATCH_SIZE if gpu else 8), args.threads or (GPU_THREADS if gpu else 4)
+
+
 def make_embedder(model: str, kwargs: dict, pretrained: bool, checkpoint: str | None, aesthetic: str,
                   batch_size: int, threads: int, head: str = "v2"):
     from nemo_aesthetic.image.classifiers import AestheticClassifier

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     demo.add_argument("--tiny", action="store_true",
                       help="use a tiny randomly initialised model of the same family instead of CLIP: no CLIP "
                            "download, checks the whole pipeline in seconds, but the scores are MEANINGLESS")
-    add_model_options(demo, "default: 8")
+    add_model_options(demo, "default: 8, or 256 with --cluster gpu")
     g = demo.add_argument_group("cluster")
     g.add_argument("--cluster", type=cluster_address, default="cpu", metavar="cpu|gpu|sync",
                    help="cpu: local Dask cluster (default); gpu: LocalCUDACluster; sync: no cluster")
@@ -64,8 +64,8 @@ def run(args) -> int:
             checkpoint = save_tiny_checkpoint(model, kwargs, os.path.join(tmp, "tiny-random-clip.pth"))
             pretrained = False
         dataset = ImageTextPairDataset.from_webdataset(out)
-        batch_size = args.batch_size or (64 if args.cluster == "gpu" else 8)
-        embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, args.threads)
+        batch_size, threads = common.batch_and_threads(args)
+        embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, threads)
         workers = args.workers or min(2, os.cpu_count() or 1)
         with dask_client(args.cluster, None, workers, len(dataset.shards), args.quiet) as client:
             logger.info("scoring %d images with %s%s", len(described), model, " (tiny, random)" if args.tiny else "")

@@ -101,8 +101,8 @@ def add_run_options(p: argparse.ArgumentParser, cluster_default: str) -> None:
     g.add_argument("--workers", metavar="N", type=positive_int, default=None,
                    help="worker processes of a local cpu cluster (default: one per shard, at most one per CPU "
                         "core; each loads its own copy of the model)")
-    g.add_argument("--threads", metavar="N", type=positive_int, default=4,
-                   help="image decode/preprocess threads per worker (default: 4)")
+    g.add_argument("--threads", metavar="N", type=positive_int, default=None,
+                   help="image decode/preprocess threads per worker (default: 8 with --cluster gpu, else 4)")
     add_quiet_option(p, "no per-shard log lines and no progress bar (warnings and the results still print)")
 
 

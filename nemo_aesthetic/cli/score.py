@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
                        help="write the Parquet files here instead of over PATH's (only Parquet is written; "
                             "'filter' needs the scored Parquet beside the tars, so score in place to filter)")
     score.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
-    add_model_options(score, "default: 64 with --cluster gpu, else 8")
+    add_model_options(score, "default: 256 with --cluster gpu, else 8")
     add_head_option(score, "the model's")
     add_run_options(score, "cpu")
     score.set_defaults(func=run, tiny=False)
@@ -39,8 +39,8 @@ def run(args) -> int:
     local = args.scheduler_file is None and args.cluster in LOCAL_CLUSTERS
     model, kwargs, pretrained, checkpoint = common.model_choice(args)
     aesthetic = common.check_weights(args, model, kwargs, pretrained, checkpoint, local)
-    batch_size = args.batch_size or (64 if args.cluster == "gpu" else 8)
-    embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, args.threads,
+    batch_size, threads = common.batch_and_threads(args)
+    embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, threads,
                                     common.concrete_head(args, model))
     out = args.out or args.path
     with dask_client(args.cluster, args.scheduler_file, args.workers, len(dataset.shards), args.quiet) as client:

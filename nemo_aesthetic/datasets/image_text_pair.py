@@ -54,7 +54,7 @@ class ImageTextPairDataset:
         self.shards = shards or [
             Shard(_shard_name(t, i), None, t) for i, t in enumerate(self.tar_files)
         ]
-        if metadata.npartitions != len(self.shards):
+        if isinstance(getattr(metadata, "npartitions", None), int) and metadata.npartitions != len(self.shards):
             raise ValueError(
                 f"metadata has {metadata.npartitions} partitions but the dataset has {len(self.shards)} "
                 "shards; partition i must be shard i (do not repartition the metadata)"

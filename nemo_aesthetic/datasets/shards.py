@@ -59,9 +59,11 @@ class KeyIndex:
     """Finds the metadata row of a tar key.
 
     Keys in tars are strings; id columns may be strings (img2dataset's zero-padded keys) or
-    integers. Integer ids match the integer value of the key (``"000000042"`` -> 42). Null ids
-    match nothing. Whole floats count as integers: an integer column with a null comes out of a
-    Parquet without pandas metadata as float64 (42.0, NaN).
+    integers. Integer ids match the integer value of the key (``"000000042"`` -> 42). A string id
+    matches its key exactly or, failing that, by integer value when both are digits (id ``"0"``
+    and member ``000000000.jpg``; NeMo Curator 0.x compares ``int()`` of both), unless two ids
+    share that value. Null ids match nothing. Whole floats count as integers: an integer column
+    with a null comes out of a Parquet without pandas metadata as float64 (42.0, NaN).
     """
 
     def __init__(self, ids: list):
@@ -69,6 +71,12 @@ class KeyIndex:
         present = [i for i in ids if i is not None and i == i]
         self.integer = bool(present) and all(isinstance(i, int) and not isinstance(i, bool) for i in present)
         self.positions = {i: pos for pos, i in enumerate(ids) if i is not None and i == i}
+        self.by_value: dict[int, int | None] = {}
+        if not self.integer:
+            for pos, i in enumerate(ids):
+                if isinstance(i, str) and i.isascii() and i.isdigit():
+                    value = int(i)
+                    self.by_value[value] = None if value in self.by_value else pos  # None: ambiguous
 
     def position(self, tar_key: str) -> int | None:
         if self.integer:
@@ -76,7 +84,10 @@ class KeyIndex:
                 return self.positions.get(int(tar_key))
             except ValueError:
                 return None
-        return self.positions.get(tar_key)
+        pos = self.positions.get(tar_key)
+        if pos is None and self.by_value and tar_key.isascii() and tar_key.isdigit():
+            pos = self.by_value.get(int(tar_key))
+        return pos
 
 
 class ShardReadError(Exception):

@@ -4,7 +4,7 @@ The job is I/O-bound by design: the head is the project's folded scorer (one mat
 ``image/classifiers/aesthetic.py``), rows arrive in fixed-size batches read straight into a reused
 buffer (``layouts.py``), and nothing runs per row in Python. Each input file becomes one Parquet
 file of the same name under ``out``, in the same order, written atomically; a file already written
-by the same head is skipped, so re-running continues an interrupted job.
+by the same head (and columns) is skipped, so re-running continues an interrupted job.
 """
 from __future__ import annotations
 
@@ -91,7 +91,10 @@ def score_embeddings(embeddings: str, out: str, *, file_format: str = "npy", met
     files = plan_files(fs, root, file_format, embedding_column, meta_fs, meta_root)
     classifier = AestheticClassifier(head=head)
     classifier.check_embedding_dim(files[0].dim, source=files[0].path)  # before any work
-    provenance = json.dumps({"head": classifier.concrete_head, "weights": classifier.weights.sha256})
+    # What makes an existing output "this job's": resume skips only files written with the same head
+    # and columns, so a run with other settings rewrites them instead of mixing silently.
+    provenance = json.dumps({"head": classifier.concrete_head, "weights": classifier.weights.sha256,
+                             "columns": columns})
     out_fs.makedirs(out_root, exist_ok=True)
     targets = [posixpath.join(out_root, f"{f.name}.parquet") for f in files]
     done = _already_written(out_fs, targets, files, provenance)
@@ -119,7 +122,7 @@ def score_embeddings(embeddings: str, out: str, *, file_format: str = "npy", met
 
 
 def _already_written(fs, targets: list[str], files: list[EmbeddingFile], provenance: str) -> set[str]:
-    """Outputs that exist, were written by this head and hold the file's row count (footers only)."""
+    """Outputs that exist, were written with these settings and hold the file's row count (footers only)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def complete(pair):

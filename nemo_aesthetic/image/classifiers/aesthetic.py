@@ -58,16 +58,19 @@ def resolve_head(head: str, model_name: str | None = None) -> str:
 
 
 def upstream_mlp():
-    """The upstream architecture, layer for layer (``layers.0`` ... ``layers.7``)."""
-    from torch import nn
+    """The upstream architecture, layer for layer (``MLP(768).layers``: ``0`` ... ``7``)."""
+    from nemo_aesthetic.image.classifiers.torch_models import MLP
 
-    return nn.Sequential(
-        nn.Linear(EMBEDDING_SIZE, 1024), nn.Dropout(0.2),
-        nn.Linear(1024, 128), nn.Dropout(0.2),
-        nn.Linear(128, 64), nn.Dropout(0.1),
-        nn.Linear(64, 16),
-        nn.Linear(16, 1),
-    )
+    return MLP(EMBEDDING_SIZE).layers
+
+
+def __getattr__(name: str):
+    # NeMo Curator's name for the model class; it needs torch, importing this module does not.
+    if name == "MLP":
+        from nemo_aesthetic.image.classifiers.torch_models import MLP
+
+        return MLP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_upstream(path: str):
@@ -152,15 +155,25 @@ class AestheticClassifier(ImageClassifier):
         self.head = head
         self.requested_model_path = model_path
         super().__init__(model_name="aesthetic_classifier", embedding_column=embedding_column,
-                         pred_column=pred_column, batch_size=batch_size, embedding_size=EMBEDDING_SIZE,
-                         device=device)
+                         pred_column=pred_column, pred_type=float, batch_size=batch_size,
+                         embedding_size=EMBEDDING_SIZE, device=device)
         self._use_head(resolve_head(head))
 
     def _use_head(self, concrete: str) -> None:
         self.weights, self.embedding_size, self.expected_embeddings = HEADS[concrete]
         self.concrete_head = concrete
-        # Resolved here, on the client, so a missing file fails before any work is scheduled.
-        self.model_path = resolve_weights(self.weights, self.requested_model_path)
+        # As NeMo Curator: the default file is fetched here, on the client (so a missing one fails
+        # before any work is scheduled); an explicit path is stored as given and opened on the
+        # worker, where it may be the only place it exists.
+        self.model_path = self.requested_model_path if self.requested_model_path is not None else self._default_path()
+
+    def _default_path(self) -> str:
+        return self._get_default_model() if self.concrete_head == "v2" else resolve_weights(self.weights, None)
+
+    @staticmethod
+    def _get_default_model() -> str:
+        """The default (v2) weights file, downloaded and sha256-verified if absent (see weights.py)."""
+        return resolve_weights(AESTHETIC_WEIGHTS, None)
 
     def follow_backbone(self, model_name: str) -> None:
         """Called by an embedder this classifier is fused into: "v1" takes that backbone's head."""
@@ -180,8 +193,10 @@ class AestheticClassifier(ImageClassifier):
         import torch
 
         path = self.model_path
-        if not fsspec.core.url_to_fs(path)[0].exists(path):  # a worker on another machine: resolve (and cache) it there
-            path = resolve_weights(self.weights, self.requested_model_path)
+        if not fsspec.core.url_to_fs(path)[0].exists(path):
+            if self.requested_model_path is not None:
+                raise FileNotFoundError(f"aesthetic model_path does not exist on this worker: {path}")
+            path = self._default_path()  # a worker on another machine: resolve (and cache) it there
         model = load_upstream(path) if self.concrete_head == "v2" else load_linear(path, self.embedding_size)
         w, b = fold_affine(model)
         # Folded in float64, applied as one float32 mat-vec: upcasting an (n, 768) batch to float64

@@ -48,36 +48,19 @@ EMBEDDING_SIZE = 768
 
 
 def nsfw_model():
-    """The PyTorch port's architecture, with its state-dict key names."""
-    import torch
-    from torch import nn
-
-    class Normalization(nn.Module):
-        def __init__(self, size: int):
-            super().__init__()
-            self.register_buffer("mean", torch.zeros(size))
-            self.register_buffer("variance", torch.ones(size))
-
-        def forward(self, x):
-            return (x - self.mean) / self.variance.sqrt()
-
-    class NSFWModel(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.norm = Normalization(EMBEDDING_SIZE)
-            self.linear_1 = nn.Linear(EMBEDDING_SIZE, 64)
-            self.linear_2 = nn.Linear(64, 512)
-            self.linear_3 = nn.Linear(512, 256)
-            self.linear_4 = nn.Linear(256, 1)
-
-        def forward(self, x):
-            x = self.norm(x)
-            x = torch.relu(self.linear_1(x))
-            x = torch.relu(self.linear_2(x))
-            x = torch.relu(self.linear_3(x))
-            return torch.sigmoid(self.linear_4(x))
+    """The PyTorch port's architecture (``NSFWModel``), with its state-dict key names."""
+    from nemo_aesthetic.image.classifiers.torch_models import NSFWModel
 
     return NSFWModel()
+
+
+def __getattr__(name: str):
+    # NeMo Curator's names for the model classes; they need torch, importing this module does not.
+    if name in ("NSFWModel", "Normalization"):
+        from nemo_aesthetic.image.classifiers import torch_models
+
+        return getattr(torch_models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_nsfw_model(source):
@@ -180,14 +163,22 @@ class NsfwClassifier(ImageClassifier):
     def __init__(self, embedding_column: str = "image_embedding", pred_column: str = "nsfw_score",
                  batch_size: int = -1, model_path: str | None = None, device: str | None = None):
         super().__init__(model_name="nsfw_classifier", embedding_column=embedding_column,
-                         pred_column=pred_column, batch_size=batch_size, embedding_size=EMBEDDING_SIZE,
-                         device=device)
-        # Resolved here, on the client, so a missing file fails before any work is scheduled.
-        self.model_path = resolve_nsfw_weights(model_path)
+                         pred_column=pred_column, pred_type=float, batch_size=batch_size,
+                         embedding_size=EMBEDDING_SIZE, device=device)
+        # As NeMo Curator: the default file is fetched here, on the client; an explicit path is
+        # stored as given and opened on the worker (it may exist only there).
+        self.model_path = self._get_default_model() if model_path is None else model_path
+
+    @staticmethod
+    def _get_default_model() -> str:
+        """The default weights file, downloaded (and checked by loading it) if absent."""
+        return resolve_nsfw_weights()
 
     def load_model(self, device: str) -> Callable:
         import torch
 
+        if not fsspec.core.url_to_fs(self.model_path)[0].exists(self.model_path):
+            raise FileNotFoundError(f"NSFW model_path does not exist on this worker: {self.model_path}")
         model = load_nsfw_model(self.model_path).to(device)
 
         def score(embeddings):

@@ -32,6 +32,7 @@ from typing import Callable, Iterable
 
 import dask.dataframe as dd
 import fsspec
+import numpy as np
 from dask import delayed
 
 from nemo_aesthetic import frames
@@ -52,11 +53,15 @@ DEFAULT_BATCH_SIZES = {"cuda": 256, "cpu": 1}
 
 
 class ImageEmbedder(ABC):
-    """Base of the embedders: subclasses say how to load a model and its preprocessing."""
+    """Base of the embedders: subclasses say how to load a model and how images are read.
+
+    The first three arguments are NeMo Curator 0.x's. As there, the base itself neither
+    normalises nor autocasts a subclass's model output (``TimmImageEmbedder`` turns both on).
+    """
 
     def __init__(self, model_name: str, image_embedding_column: str = "image_embedding",
                  classifiers: Iterable = (), batch_size: int | None = 1, num_threads_per_worker: int = 4,
-                 normalize_embeddings: bool = True, autocast: bool = True, device: str | None = None,
+                 normalize_embeddings: bool = False, autocast: bool = False, device: str | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS):
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be >= 1 (or None: the device's default)")
@@ -71,23 +76,42 @@ class ImageEmbedder(ABC):
         self.max_pixels = max_pixels
 
     # ----------------------------------------------------------- subclass API
+    # NeMo Curator 0.x's subclasses implement ``load_embedding_model`` and ``load_dataset_shard``
+    # only; the engine's own hooks below have defaults for them.
     @property
-    @abstractmethod
-    def embedding_dim(self) -> int:
-        """Width of the embeddings the model produces (known without loading weights)."""
+    def embedding_dim(self) -> int | None:
+        """Width of the embeddings (known without loading weights); None: known once the model ran."""
+        return None
 
     @abstractmethod
     def load_embedding_model(self, device: str):
         """The model, in eval mode on ``device``: ``(n, 3, H, W)`` float -> ``(n, d)``."""
 
-    @abstractmethod
+    def load_dataset_shard(self, tar_path: str) -> Iterable:
+        """NeMo Curator's hook: ``(images, [metadata dict per image])`` batches of one tar.
+
+        Override it to read shards your own way: each batch goes to the model, and each image is
+        matched to its metadata row by ``metadata[i][id_col]`` (rows never yielded keep their
+        metadata with a reason). The default reads the tar through the engine, with this
+        embedder's preprocessing and ``batch_size``; when it is not overridden the engine is
+        used directly, which also keeps a reason for each image that fails to decode.
+        """
+        from nemo_aesthetic.image.embedders.shard_batches import engine_batches
+
+        return engine_batches(self, tar_path)
+
     def load_preprocessor(self, model, device: str) -> Callable[[bytes], object]:
         """bytes -> ``(3, H, W)`` tensor (on the host or ``device``); raises ImageDecodeError
         with a per-row reason. Called from ``num_threads_per_worker`` threads at once."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither load_preprocessor "
+                                  "nor load_dataset_shard: one of them must say how images are read")
 
-    @abstractmethod
     def model_cache_key(self, device: str) -> str:
         """Identifies the loaded model, so each worker process loads it once."""
+        return f"embedder-{type(self).__module__}.{type(self).__qualname__}-{self.model_name}-{device}"
+
+    def _reads_its_own_shards(self) -> bool:
+        return type(self).load_dataset_shard is not ImageEmbedder.load_dataset_shard
 
     # ----------------------------------------------------------- public
     def __call__(self, dataset):
@@ -96,12 +120,17 @@ class ImageEmbedder(ABC):
 
         for clf in self.classifiers:
             clf.follow_backbone(self.model_name)
-            clf.check_embedding_dim(self.embedding_dim, source=f"{type(self).__name__}({self.model_name!r})")
-        new_columns = {self.image_embedding_column: f"embedding:{self.embedding_dim}"}
-        new_columns.update({clf.pred_column: "float32" for clf in self.classifiers})
+            if self.embedding_dim is not None:
+                clf.check_embedding_dim(self.embedding_dim, source=f"{type(self).__name__}({self.model_name!r})")
+        new_columns = {self.image_embedding_column: f"embedding:{self.embedding_dim or '?'}"}
         new_columns[ERROR_COLUMN] = "string"
-        base_meta = dataset.metadata._meta.drop(columns=[c for c in new_columns if c in dataset.metadata.columns])
-        meta = frames.empty_like_with(base_meta, new_columns)
+        drop = [c for c in (*new_columns, *(clf.pred_column for clf in self.classifiers))
+                if c in dataset.metadata.columns]
+        meta = frames.empty_like_with(dataset.metadata._meta.drop(columns=drop), new_columns)
+        for clf in self.classifiers:
+            meta[clf.pred_column] = clf.predictions_column(np.zeros(0, np.float32), np.zeros(0, bool), meta.index,
+                                                           like=meta)
+        meta = meta[[c for c in meta.columns if c != ERROR_COLUMN] + [ERROR_COLUMN]]
         if dataset.metadata.npartitions != len(dataset.shards):
             raise ValueError(f"metadata has {dataset.metadata.npartitions} partitions for {len(dataset.shards)} "
                              "shards; partition i must stay shard i (do not repartition before embedding)")
@@ -135,27 +164,18 @@ class ImageEmbedder(ABC):
 
     def _embed_partition(self, df, shard, id_col: str, storage_options: dict, on_batch=None):
         shard_name, tar_path = shard.name, shard.tar
-        device = self.device or default_device()
-        model, preprocess = load_object_on_worker(self.model_cache_key(device),
-                                                   self.load_model_and_preprocessor, device)
-        scorers = [(clf.pred_column, load_object_on_worker(clf.cache_key(device), clf.load_model, device))
-                   for clf in self.classifiers]
         host = frames.to_host(df)
         ids = frames.column_values(host[id_col])
         statuses = _img2dataset_statuses(host)
         start = time.perf_counter()
-        run = ShardColumns(ids, self.embedding_dim, [name for name, _ in scorers])
-        forward = make_forward(model, scorers, device, self.normalize_embeddings, self.autocast)
-        if tar_path is None:
-            run.tar_error = f"shard {shard_name} has no tar file"
+        if self._reads_its_own_shards():
+            from nemo_aesthetic.image.embedders.shard_batches import embed_user_batches
+
+            run, tar_name = embed_user_batches(self, ids, tar_path, id_col, self.classifiers)
+            run.finish(tar_name or shard_name, statuses)
         else:
-            fs, _ = fsspec.core.url_to_fs(tar_path, **storage_options)
-            payloads = run.payloads(self.iter_shard_items(fs, tar_path, run.seen))
-            with self.make_batch_preprocessor(model, preprocess, device) as preprocessor:
-                for batch in embed_stream(payloads, preprocessor, forward, self.batch_size_on(device), run.fail,
-                                          on_batch):
-                    run.add(batch)
-        run.finish(posixpath.basename(tar_path or shard_name), statuses)
+            run = self._run_engine(ids, shard_name, tar_path, storage_options, on_batch)
+            run.finish(posixpath.basename(tar_path or shard_name), statuses)
         elapsed = time.perf_counter() - start
         logger.info("shard %s: %d rows, %d scored, %d errors, %d tar samples without a row, %.1f images/s",
                     shard_name, len(ids), int(run.valid.sum()), sum(e is not None for e in run.errors),
@@ -167,10 +187,30 @@ class ImageEmbedder(ABC):
         out = df.drop(columns=[c for c in (self.image_embedding_column, ERROR_COLUMN, *run.scores)
                                if c in df.columns])
         out[self.image_embedding_column] = frames.embeddings_to_series(run.embeddings, run.valid, out.index, like=df)
-        for name, values in run.scores.items():
-            out[name] = frames.float_series(values, run.valid, out.index, like=df)
+        host_index = host.index
+        for clf in self.classifiers:
+            out[clf.pred_column] = clf.predictions_column(run.scores[clf.pred_column], run.valid, host_index, like=df)
         out[ERROR_COLUMN] = frames.string_series(run.errors, out.index, like=df)
         return out
+
+    def _run_engine(self, ids: list, shard_name: str, tar_path: str | None, storage_options: dict, on_batch):
+        device = self.device or default_device()
+        model, preprocess = load_object_on_worker(self.model_cache_key(device),
+                                                   self.load_model_and_preprocessor, device)
+        scorers = [(clf.pred_column, load_object_on_worker(clf.cache_key(device), clf.load_model, device))
+                   for clf in self.classifiers]
+        run = ShardColumns(ids, self.embedding_dim, [name for name, _ in scorers])
+        forward = make_forward(model, scorers, device, self.normalize_embeddings, self.autocast)
+        if tar_path is None:
+            run.tar_error = f"shard {shard_name} has no tar file"
+        else:
+            fs, _ = fsspec.core.url_to_fs(tar_path, **storage_options)
+            payloads = run.payloads(self.iter_shard_items(fs, tar_path, run.seen))
+            with self.make_batch_preprocessor(model, preprocess, device) as preprocessor:
+                for batch in embed_stream(payloads, preprocessor, forward, self.batch_size_on(device), run.fail,
+                                          on_batch):
+                    run.add(batch)
+        return run
 
 
 def _img2dataset_statuses(df) -> list | None:

@@ -92,15 +92,17 @@ class TimmImageEmbedder(ImageEmbedder):
         if self.cache_dir is not None:
             kwargs["cache_dir"] = self.cache_dir
         try:
-            model = timm.create_model(self.model_name, pretrained=self.pretrained,
-                                      checkpoint_path=self.checkpoint_path or None, **kwargs)
+            if self.checkpoint_path:
+                kwargs["checkpoint_path"] = self.checkpoint_path
+            model = timm.create_model(self.model_name, pretrained=self.pretrained, **kwargs)
         except (OSError, RuntimeError, ValueError) as exc:
             raise RuntimeError(self._load_failure(exc)) from exc
         import torch
 
-        model = model.eval().to(device)
-        if self._bf16_weights(device):
-            model = model.to(torch.bfloat16)  # once; autocast then finds every weight already cast
+        model = model.eval()
+        if self._bf16_weights(device):  # cast once, before the copy (half the bytes to move);
+            model = model.to(torch.bfloat16)  # autocast then finds every weight already cast
+        model = model.to(device)
         if self.compile:
             model = torch.compile(model)
         return model
@@ -151,6 +153,7 @@ class TimmImageEmbedder(ImageEmbedder):
 
     def model_cache_key(self, device: str) -> str:
         spec = json.dumps([self.model_name, self.pretrained, self.checkpoint_path, self.model_kwargs,
-                           self.cache_dir, self.max_pixels, self.decode, self.compile, device],
+                           self.cache_dir, self.max_pixels, self.decode, self.compile, self._bf16_weights(device),
+                           device],
                           sort_keys=True, default=str)
         return "timm-embedder-" + hashlib.sha1(spec.encode()).hexdigest()
