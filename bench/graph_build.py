@@ -19,10 +19,11 @@ from nemo_aesthetic.datasets import ImageTextPairDataset
 from nemo_aesthetic.image.classifiers import AestheticClassifier
 from nemo_aesthetic.image.embedders import TimmImageEmbedder
 
+# Only the predictor's shape matters here: any file of that shape will do (second argument).
 WEIGHTS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models", "sac+logos+ava1-l14-linearMSE.pth")
 
 
-def main(n_shards: int) -> None:
+def main(n_shards: int, weights: str = WEIGHTS) -> None:
     with tempfile.TemporaryDirectory() as root:
         for i in range(n_shards):
             pq.write_table(pa.table({"key": [f"{i:05d}0000"], "caption": ["x"]}), f"{root}/{i:05d}.parquet")
@@ -37,7 +38,7 @@ def main(n_shards: int) -> None:
         ds = ImageTextPairDataset.from_webdataset(root)
         t_open = time.perf_counter() - t0
         embedder = TimmImageEmbedder("vit_large_patch14_clip_quickgelu_224.openai", pretrained=True,
-                                     classifiers=[AestheticClassifier(model_path=os.path.abspath(WEIGHTS))])
+                                     classifiers=[AestheticClassifier(model_path=os.path.abspath(weights))])
         t0 = time.perf_counter()
         scored = embedder(ds)
         graph = scored.metadata.__dask_graph__()
@@ -51,4 +52,4 @@ def main(n_shards: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000, *sys.argv[2:3])

@@ -20,6 +20,7 @@ A tiny random model (meaningless scores, for a quick check that everything runs)
 import argparse
 import json
 import os
+import sys
 
 import dask
 import dask.dataframe as dd
@@ -52,8 +53,27 @@ def parse_args():
     return args
 
 
+def check_weights_or_exit(args):
+    """Offline, say in one line what to provide, before any cluster starts (instead of every
+    worker retrying the Hugging Face hub for a minute and printing a traceback)."""
+    from nemo_aesthetic.weights import WeightsUnavailableError, check_clip_weights, resolve_aesthetic_weights
+
+    try:
+        if args.clip_checkpoint is None:
+            check_clip_weights(args.model)
+    except WeightsUnavailableError as exc:
+        sys.exit(f"{sys.argv[0]}: {str(exc).splitlines()[0]} Provide --clip-checkpoint PATH (a timm state dict "
+                 "of the model), or its files in the Hugging Face cache.")
+    try:
+        resolve_aesthetic_weights(args.aesthetic_weights)
+    except WeightsUnavailableError as exc:
+        sys.exit(f"{sys.argv[0]}: {str(exc).splitlines()[0]} Provide --aesthetic-weights PATH "
+                 "(sac+logos+ava1-l14-linearMSE.pth), or put it in $NEMO_AESTHETIC_HOME.")
+
+
 def main():
     args = parse_args()
+    check_weights_or_exit(args)
     # 1. A Dask client: a local cluster, or a running one (dask scheduler / dask worker).
     client = None
     if args.scheduler_address:

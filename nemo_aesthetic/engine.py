@@ -106,6 +106,8 @@ class ShardItem:
         """Why this sample cannot be embedded (None if it can be tried)."""
         if self.duplicate:
             return f"duplicate sample for this key in {posixpath.basename(self.tar_path)}: image is ambiguous"
+        if self.sample.refused:  # a member too large or sparse, left unread in the tar
+            return self.sample.refused
         if self.image is None:
             return f"sample has no image member (has: {', '.join(self.sample.extensions())})"
         return None
@@ -345,7 +347,7 @@ class ShardColumns:
                 if item.duplicate:
                     self.duplicated[item.ident] = True
                     continue
-                if item.image is None:
+                if item.problem is not None:  # no image member, or one left unread
                     self.errors[item.ident] = item.problem
                     continue
                 yield item.ident, item.image[1]

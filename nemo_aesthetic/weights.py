@@ -2,10 +2,17 @@
 
 Resolution order for a weights file: an explicit ``model_path``; else the cache directory
 (``$NEMO_AESTHETIC_HOME``, default ``~/.cache/nemo_aesthetic``); else a download from the
-upstream URL (or ``$NEMO_AESTHETIC_MIRROR/<filename>`` where a mirror is set), verified against
-its sha256 and written atomically, so an interrupted download never leaves a file that later
-runs would trust. A cached file with the wrong checksum is not used: it is replaced by a fresh
-download, or, offline, reported with the exact file, directory and URL.
+upstream URL (or ``$NEMO_AESTHETIC_MIRROR/<name>`` where a mirror is set), verified against its
+sha256 (or, for a file upstream publishes without one, by loading it) and written atomically, so
+an interrupted download never leaves a file that later runs would trust. A cached file that fails
+the check is not used: it is replaced by a fresh download, or, offline, reported with the exact
+file, directory and URL.
+
+Downloads are streamed, hashed as they arrive and capped (``WeightsFile.max_bytes``, checked
+against Content-Length first), so a server that sends an endless body, or a zip whose member
+inflates to gigabytes, costs at most the cap in disk and a block in memory. Whatever goes wrong on
+the wire (refused, reset, cut mid-body, a reply that is not HTTP) is one :class:`DownloadError`
+saying what happened, never a raw ``http.client`` exception (see :mod:`nemo_aesthetic.download`).
 
 The CLIP model's weights are loaded by timm's own hub loading (honouring the Hugging Face cache
 and ``HF_HUB_OFFLINE``), or from a local ``checkpoint_path``; :func:`check_clip_weights` and
@@ -16,15 +23,21 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import json
 import logging
 import os
-import urllib.error
-import urllib.request
+import posixpath
+import shutil
+import tempfile
+import urllib.parse
+import zipfile
+from typing import Callable
 
 import fsspec
 
 from nemo_aesthetic.atomic import atomic_open
+from nemo_aesthetic.download import DownloadError, extract_member, fetch  # noqa: F401 (DownloadError: public)
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +50,15 @@ CLIP_MODEL = "vit_large_patch14_clip_quickgelu_224.openai"
 
 @dataclasses.dataclass(frozen=True)
 class WeightsFile:
+    """A weights file: its name in the cache, where it comes from (a ``.zip`` URL: the file is
+    that archive's member ``filename``), its sha256 ("" if upstream publishes none) and the most
+    bytes a download of it (archive and member alike) may take."""
+
     filename: str
     url: str
     sha256: str
     description: str
+    max_bytes: int = 64 * 2**20
 
 
 AESTHETIC_WEIGHTS = WeightsFile(
@@ -100,16 +118,19 @@ def sha256_of(path: str) -> str:
 
 
 def download_url(spec: WeightsFile) -> str:
+    """``spec.url``, or the same file name (the zip's, for a zipped file) under ``$NEMO_AESTHETIC_MIRROR``."""
     mirror = os.environ.get(MIRROR_ENV)
-    return f"{mirror.rstrip('/')}/{spec.filename}" if mirror else spec.url
+    name = posixpath.basename(urllib.parse.urlparse(spec.url).path)
+    return f"{mirror.rstrip('/')}/{name}" if mirror else spec.url
 
 
 def resolve_weights(spec: WeightsFile, model_path: str | None = None, directory: str | None = None,
-                    timeout: float = 60.0) -> str:
+                    timeout: float = 60.0, verify: Callable[[str], object] | None = None) -> str:
     """The local path of ``spec``'s weights, downloading and verifying them if needed.
 
     An explicit ``model_path`` is used as given (it may be a fine-tuned checkpoint of the same
-    shape, so its checksum is not imposed) but must exist.
+    shape, so its checksum is not imposed) but must exist. A spec without a sha256 is verified by
+    ``verify(path)`` instead, which raises ValueError for a file that is not the right one.
     """
     if model_path is not None:
         fs, p = fsspec.core.url_to_fs(model_path)
@@ -121,31 +142,47 @@ def resolve_weights(spec: WeightsFile, model_path: str | None = None, directory:
     url = download_url(spec)
     problem = None
     if os.path.exists(path):
-        digest = sha256_of(path)
-        if digest == spec.sha256:
+        problem = _cached_problem(spec, path, verify)
+        if problem is None:
             return path
-        problem = f"the cached file {path} is corrupt (sha256 {digest}, expected {spec.sha256})"
         logger.warning("%s; downloading it again from %s", problem, url)
     if offline():
         raise WeightsUnavailableError(_missing_message(spec, path, directory, url, problem, "offline mode is set"))
     try:
-        _download(url, path, spec.sha256, timeout)
-    except (OSError, ValueError, urllib.error.URLError) as exc:
+        _download(spec, url, path, timeout, verify)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise WeightsUnavailableError(_missing_message(spec, path, directory, url, problem, str(exc))) from exc
     return path
 
 
-def _download(url: str, path: str, sha256: str, timeout: float) -> None:
+def _cached_problem(spec: WeightsFile, path: str, verify) -> str | None:
+    if not spec.sha256:
+        try:
+            verify(path)
+            return None
+        except ValueError as exc:
+            return f"the cached file {path} does not load ({exc})"
+    digest = sha256_of(path)
+    return None if digest == spec.sha256 else f"the cached file {path} is corrupt (sha256 {digest}, expected {spec.sha256})"
+
+
+def _download(spec: WeightsFile, url: str, path: str, timeout: float, verify) -> None:
+    """Download into the cache atomically: a file that fails its check is never published."""
     logger.info("downloading %s -> %s", url, path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    h = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=timeout) as response, atomic_open(fsspec.filesystem("file"), path) as out:
-        for block in iter(lambda: response.read(1 << 20), b""):
-            h.update(block)
-            out.write(block)
-        if h.hexdigest() != sha256:
-            # Raising inside atomic_open discards the temporary file: the cache is not poisoned.
-            raise ValueError(f"downloaded file has sha256 {h.hexdigest()}, expected {sha256}")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(path) or ".", prefix=".tmp-") as tmp:
+        fetched = os.path.join(tmp, "download")
+        with open(fetched, "wb") as out:
+            digest = fetch(url, out, spec.max_bytes, timeout)
+        if spec.url.endswith(".zip"):
+            fetched = extract_member(fetched, spec.filename, spec.max_bytes, os.path.join(tmp, spec.filename))
+            digest = sha256_of(fetched)
+        if spec.sha256 and digest != spec.sha256:
+            raise ValueError(f"downloaded file has sha256 {digest}, expected {spec.sha256}")
+        if not spec.sha256:
+            verify(fetched)  # ValueError if it is not the right model
+        with open(fetched, "rb") as src, atomic_open(fsspec.filesystem("file"), path) as out:
+            shutil.copyfileobj(src, out, 1 << 20)
 
 
 def _missing_message(spec: WeightsFile, path: str, directory: str, url: str, problem: str | None,
@@ -156,7 +193,8 @@ def _missing_message(spec: WeightsFile, path: str, directory: str, url: str, pro
     lines += [
         f"Download failed: {reason}." if reason else "",
         f"Place the file at {path} (directory {directory}, set by ${HOME_ENV}),",
-        f"downloaded from {url} (sha256 {spec.sha256}),",
+        f"downloaded from {url} (sha256 {spec.sha256})," if spec.sha256 else
+        f"extracted from {url} (no published checksum: the file is checked by loading it),",
         "or pass model_path= / --aesthetic-weights with its location.",
     ]
     return "\n".join(line for line in lines if line)
@@ -191,6 +229,8 @@ def hub_reachable(timeout: float = 4.0) -> tuple[bool, str]:
         return True, ""  # it answered
     except (urllib.error.URLError, OSError) as exc:
         return False, f"cannot reach {constants.ENDPOINT}: {getattr(exc, 'reason', exc)}"
+    except http.client.HTTPException as exc:  # something answered, but not in HTTP
+        return False, f"{constants.ENDPOINT} does not answer in HTTP ({type(exc).__name__}: {exc})"
     return True, ""
 
 

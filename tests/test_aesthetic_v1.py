@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import SHARED
+from conftest import SHARED, needs_shared, skip_without_shared
 from factory import write_img2dataset
 
 from nemo_aesthetic import frames
@@ -25,6 +25,7 @@ from nemo_aesthetic.image.embedders import TimmImageEmbedder
 from nemo_aesthetic.weights import AESTHETIC_V1_WEIGHTS, MIRROR_ENV, WeightsUnavailableError, sha256_of
 
 V1_DIR = SHARED / "models" / "laion-v1"
+pytestmark = needs_shared(V1_DIR, "the real LAION-Aesthetics V1 weights")
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "global_pool": "avg"}
 BACKBONES = {  # timm model -> (concrete head, weights key, width)
     "vit_large_patch14_clip_224.openai": ("v1-l14", "vit_l_14", 768),
@@ -35,10 +36,8 @@ BACKBONES = {  # timm model -> (concrete head, weights key, width)
 
 @pytest.fixture(scope="module")
 def v1_dir():
-    missing = [s.filename for s in AESTHETIC_V1_WEIGHTS.values() if not (V1_DIR / s.filename).exists()]
-    if missing:
-        pytest.skip(f"needs the LAION-Aesthetics V1 files {missing} in {V1_DIR} "
-                    "(from github.com/LAION-AI/aesthetic-predictor)")
+    for spec in AESTHETIC_V1_WEIGHTS.values():
+        skip_without_shared(V1_DIR / spec.filename, "the LAION-Aesthetics V1 heads (LAION-AI/aesthetic-predictor)")
     return V1_DIR
 
 

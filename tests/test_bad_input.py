@@ -52,6 +52,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from factory import TINY_KWARGS, TINY_MODEL, add_member, image_bytes
+from test_hardening_input import POSTSCRIPT, end_of_tar, gnu_sparse_member, tar_bytes, tar_gz_with_huge_member
 from PIL import Image, ImageFile, ImageOps
 
 from nemo_aesthetic import frames
@@ -247,6 +248,8 @@ IMAGE_CASES = {
     "10000x1_png": (lambda td: image_bytes(4, (10000, 1), fmt="PNG"), "too large"),
     "bomb_12000x12000_png": (lambda td: png_claiming(12000, 12000), "image too large: 12000x12000"),
     "bomb_20000x20000_png": (lambda td: png_claiming(20000, 20000), "image too large"),
+    # PostScript would make Pillow start Ghostscript: only JPEG/PNG/WEBP/GIF/BMP/TIFF are opened
+    "postscript_named_jpg": (lambda td: POSTSCRIPT, "not an image PIL can read (starts with b'%!PS"),
 }
 
 
@@ -483,7 +486,7 @@ def test_tar_without_its_parquet_is_an_error_naming_it(tmp_path):
         ImageTextPairDataset.from_webdataset(str(root))
 
 
-def test_unreadable_later_parquet_fails_scoring_naming_it(tmp_path, embed):
+def test_unreadable_later_parquet_fails_before_any_work_naming_it(tmp_path, embed):
     root = tmp_path / "ds"
     os.makedirs(root)
     for shard, key in (("00000", "a"), ("00001", "b")):
@@ -676,6 +679,25 @@ def build_corpus(root, testdata) -> tuple[dict[str, str | None], int]:
     write_parquet(root / "00007.parquet", [row("00007", k) for k in keys])
     expect.update({f"00007/{k}": None for k in keys})
     tried += 1
+    # 00008: a GNU sparse member declaring 8 GiB in a 2 kB tar (refused unread)
+    body = (tar_bytes(sample_members("s1", None)) + gnu_sparse_member("s1.jpg", 8 * 2**30)
+            + tar_bytes(sample_members("s2", image_bytes(30))))
+    (root / "00008.tar").write_bytes(body + end_of_tar(len(body)))
+    write_parquet(root / "00008.parquet", [row("00008", "s1"), row("00008", "s2")])
+    expect.update({"00008/s1": "is a sparse file declaring 8589934592 bytes", "00008/s2": None})
+    tried += 1
+    # 00009: a .tar.gz whose member inflates past the per-sample limit (set to 8 MiB by the test)
+    (root / "00009.tar.gz").write_bytes(tar_gz_with_huge_member(
+        sample_members("z1", image_bytes(31)), "z2.jpg", 32 * 2**20, sample_members("z3", image_bytes(33))))
+    write_parquet(root / "00009.parquet", [row("00009", k) for k in ("z1", "z2", "z3")])
+    expect.update({"00009/z1": None, "00009/z2": "z2.jpg too large: 33554432 bytes", "00009/z3": None})
+    tried += 1
+    # 00010: schema drift: a column the other shards lack, a caption column typed null
+    write_tar(root / "00010.tar", sample_members("d1", image_bytes(34)))
+    pq.write_table(pa.table({"rid": ["00010/d1"], "key": ["d1"], "caption": pa.nulls(1), "status": ["success"],
+                             "error_message": pa.nulls(1), "license": ["cc-by"]}), root / "00010.parquet")
+    expect["00010/d1"] = None
+    tried += 1
     # upstream shards: webdataset's mnist .tgz, NeMo Curator's shard with macOS ._* members
     shutil.copy(testdata / "upstream_shards" / "webdataset_mnist_sample.tgz", root / "mnist.tgz")
     with tarfile.open(root / "mnist.tgz") as tar:
@@ -701,9 +723,10 @@ def build_corpus(root, testdata) -> tuple[dict[str, str | None], int]:
     return expect, tried
 
 
-def test_whole_corpus(tmp_path, embed, make_embedder, testdata, caplog):
+def test_whole_corpus(tmp_path, embed, make_embedder, testdata, caplog, monkeypatch):
     """All of the above that fits in one dataset: rows in == rows out, scored + flagged == rows;
     then the scored rows written out with to_webdataset and read back."""
+    monkeypatch.setenv("NEMO_AESTHETIC_MAX_MEMBER_BYTES", str(8 * 2**20))
     root = tmp_path / "corpus"
     expect, tried = build_corpus(root, testdata)
     rows_in = sum(len(pd.read_parquet(p)) for p in root.glob("*.parquet"))

@@ -24,17 +24,14 @@ def test_gpu_throughput_smoke_on_cpu():
     assert "-> PASS" in out and "over 8 photos" in out, out
 
 
-def test_graph_build_smoke():
-    out = _run(os.path.join(BENCH, "graph_build.py"), "40")
+def test_graph_build_smoke(aesthetic_weights):
+    out = _run(os.path.join(BENCH, "graph_build.py"), "40", aesthetic_weights)
     assert "tasks per shard" in out
 
 
 def test_score_precomputed_smoke():
-    from conftest import AESTHETIC_WEIGHTS
+    from conftest import AESTHETIC_WEIGHTS, skip_without_shared
 
-    if not AESTHETIC_WEIGHTS.exists():
-        import pytest
-
-        pytest.skip(f"needs the LAION aesthetic weights at {AESTHETIC_WEIGHTS} (../shared/models)")
+    skip_without_shared(AESTHETIC_WEIGHTS, "the real LAION aesthetic weights")
     out = _run(os.path.join(BENCH, "score_precomputed.py"), "--smoke")
     assert "score npy / np.load:" in out and "score npy, cold / np.load, cold:" in out

@@ -129,6 +129,7 @@ def test_demo_offline_without_weights_names_every_file(tmp_path, hf_home):
         # CLIP: hub repo, file, cache folder, offline switch
         "timm/vit_large_patch14_clip_224.openai", "model.safetensors", str(hf_home / "hub"), CLIP_REPO_DIR,
         "HF_HUB_OFFLINE", "--clip-checkpoint",
+        "add --tiny",  # the way to try the pipeline with no CLIP weights at all
     )
     assert not out.exists()  # stopped before building anything or starting a cluster
 
@@ -179,8 +180,10 @@ def test_demo_tiny_scores_the_sample_dataset_on_a_local_cluster(tmp_path, hf_hom
     assert best["key"] in table[0]
     assert "16 images: 12 scored, 4 with errors" in proc.stdout
     assert "MEANINGLESS" in proc.stdout
-    # per-shard progress lines, forwarded from the worker process
+    # per-shard log lines, forwarded from the worker process
     assert "shard 00000:" in proc.stderr and "shard 00001:" in proc.stderr
+    # per-image progress, from the workers' progress events (stderr is not a terminal: lines)
+    assert "progress: 16/16 images (100.0%)" in proc.stderr and "2/2 shards" in proc.stderr, proc.stderr
 
 
 # ------------------------------------------------------------------------------------ score
@@ -276,6 +279,63 @@ def test_filter_without_scores_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no aesthetic_score column" in err and "nemo-aesthetic score" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_filter_speaks_in_options(tmp_path, capsys):
+    _scored_dataset(tmp_path / "ds")
+    out = tmp_path / "kept"
+    assert cli.main(["filter", str(tmp_path / "ds"), "--threshold", "0", "--out", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert cli.main(["filter", str(tmp_path / "ds"), "--threshold", "0", "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--mode overwrite" in err and "--mode resume" in err and "mode=" not in err, err
+    assert cli.main(["filter", str(tmp_path / "ds"), "--threshold", "0", "--out", str(tmp_path / "ds")]) == 2
+    assert "--out is PATH" in capsys.readouterr().err
+
+
+def test_filter_keeping_nothing_writes_nothing(tmp_path, capsys):
+    _scored_dataset(tmp_path / "ds")
+    out = tmp_path / "kept"
+    assert cli.main(["filter", str(tmp_path / "ds"), "--threshold", "100", "--out", str(out), "-q"]) == 0
+    assert "nothing written" in capsys.readouterr().out
+    assert not list(out.glob("*")) if out.exists() else True
+
+
+# ------------------------------------------------------------------------------------ score --tiny --out
+def test_score_tiny_out_leads_back_to_the_images_and_says_tiny(tmp_path, aesthetic_weights, capsys):
+    """score --tiny --out DIR writes only Parquet; report DIR and filter DIR still find the tars,
+    and every output says the scores come from the random model."""
+    import pyarrow.parquet as pq
+
+    data, scored = tmp_path / "ds", tmp_path / "scored"
+    expected = write_img2dataset(data, n_shards=2, rows_per_shard=6, fail_every=3)
+    assert cli.main(["score", str(data), "--tiny", "--out", str(scored), "--cluster", "sync",
+                     "--aesthetic-weights", aesthetic_weights, "--batch-size", "4", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "--tiny" in printed and "MEANINGLESS" in printed.splitlines()[0] and "MEANINGLESS" in printed.splitlines()[-1]
+    assert sorted(p.name for p in scored.iterdir()) == ["00000.parquet", "00001.parquet"]
+    meta = pq.read_schema(scored / "00000.parquet").metadata
+    assert meta[b"nemo_aesthetic.source"].decode() == str(data)
+    assert b"MEANINGLESS" in meta[b"nemo_aesthetic.tiny"] and meta[b"nemo_aesthetic.model"] == TINY_MODEL.encode()
+
+    report_html = tmp_path / "r.html"
+    assert cli.main(["report", str(scored), "--out", str(report_html), "--top", "3", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "--tiny" in printed and "grey box" not in printed, printed
+    page = report_html.read_text()
+    assert "NOT REAL SCORES" in page and "image not available" not in page
+    assert page.count("data:image/jpeg;base64,") >= 3
+
+    ok = sum(v["status"] == "success" for v in expected.values())
+    assert cli.main(["filter", str(scored), "--threshold", "-1000", "--out", str(tmp_path / "kept"), "-q"]) == 0
+    assert f"wrote {ok} samples" in capsys.readouterr().out
+    assert len(read_shards(tmp_path / "kept")) == ok
+
+
+def test_score_tiny_needs_a_local_cluster(tmp_path, capsys):
+    write_img2dataset(tmp_path / "ds", n_shards=1, rows_per_shard=2)
+    assert cli.main(["score", str(tmp_path / "ds"), "--tiny", "--cluster", "tcp://127.0.0.1:1"]) == 2
+    assert "--tiny runs on a local cluster" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ pieces

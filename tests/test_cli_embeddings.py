@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import skip_without_shared
 from test_aesthetic_v1 import V1_DIR, reference_scores
 from test_cli import _scored_dataset, read_shards
 from test_score_embeddings import SIZES, reference, write_layout
@@ -21,8 +22,7 @@ MODELS = V1_DIR.parent
 
 @pytest.fixture
 def weights_home(monkeypatch):
-    if not (MODELS / "sac+logos+ava1-l14-linearMSE.pth").exists():
-        pytest.skip(f"needs the LAION aesthetic weights in {MODELS} (../shared/models)")
+    skip_without_shared(MODELS / "sac+logos+ava1-l14-linearMSE.pth", "the real LAION aesthetic weights")
     monkeypatch.setenv("NEMO_AESTHETIC_HOME", str(MODELS))
 
 
@@ -75,8 +75,7 @@ def test_score_with_head_v1_follows_the_model(tmp_path, monkeypatch, capsys):
     import timm
     from factory import write_img2dataset
 
-    if not (V1_DIR / "sa_0_4_vit_b_32_linear.pth").exists():
-        pytest.skip(f"needs the LAION-Aesthetics V1 files in {V1_DIR}")
+    skip_without_shared(V1_DIR / "sa_0_4_vit_b_32_linear.pth", "the LAION-Aesthetics V1 ViT-B/32 head")
     monkeypatch.setenv("NEMO_AESTHETIC_HOME", str(V1_DIR))
     kwargs = {"depth": 1, "embed_dim": 32, "num_heads": 2, "global_pool": "avg"}
     model = "vit_base_patch32_clip_224.openai"

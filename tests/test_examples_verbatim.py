@@ -16,14 +16,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def real_shape_models(tmp_path_factory, aesthetic_weights):
+def real_shape_models(tmp_path_factory, real_aesthetic_weights):
     import timm
 
     torch.manual_seed(0)
     model = timm.create_model("vit_large_patch14_clip_quickgelu_224", pretrained=False)
     model_dir = tmp_path_factory.mktemp("models")
     populate_hf_cache(model_dir / "hub", model.state_dict())
-    shutil.copy(aesthetic_weights, model_dir / "sac+logos+ava1-l14-linearMSE.pth")
+    shutil.copy(real_aesthetic_weights, model_dir / "sac+logos+ava1-l14-linearMSE.pth")
     del model
     return model_dir
 

@@ -186,7 +186,7 @@ def test_report_content_without_a_browser(tmp_path):
     # keys 0..7 per shard, every 4th (3, 7) failed: scores 3 + 0.25 * i for i in 0,1,2,4,5,6
     assert summary == {"rows": 16, "scored": 12, "errors": 4, "threshold": 4.0, "threshold_is_median": False,
                        "passing": 6, "images": 6, "missing_images": 0, "html": str(out),
-                       "png": str(tmp_path / "r" / "page.png")}
+                       "png": str(tmp_path / "r" / "page.png"), "tiny": False}
     page = out.read_text()
     assert "Threshold 4.000 (given)" in page
     assert re.search(r'<td class="n">4</td><td>no image</td>', page), "errors grouped by reason_group"
@@ -195,6 +195,37 @@ def test_report_content_without_a_browser(tmp_path):
     assert list(sel["top"]["score"]) == [4.5, 4.5] and list(sel["bottom"]["score"]) == [3.0, 3.0]
     assert list(sel["around"]["score"]) == [4.0, 3.5]  # one at/above, one below the threshold
     assert summary["images"] == len(pd.concat(sel.values()).drop_duplicates(["shard", "id"]))
+
+
+def test_grids_never_repeat_an_image_on_a_small_dataset():
+    frame = pd.DataFrame({"shard": "00000", "id": [f"k{i}" for i in range(7)], "caption": None,
+                          "score": [5.0, 1.0, 4.0, 2.0, 6.0, 3.0, np.nan], "error": None})
+    sel = report.select_rows(frame, 3, threshold=3.5)
+    shown = [i for grid in sel.values() for i in grid["id"]]
+    assert len(shown) == len(set(shown)) == 6  # every scored row once, the unscored one never
+    assert list(sel["top"]["score"]) == [6.0, 5.0, 4.0]
+    assert list(sel["bottom"]["score"]) == [1.0, 2.0, 3.0]
+    assert sel["around"].empty  # nothing left: a short grid rather than repeats
+    roomy = report.select_rows(frame, 2, threshold=3.5)
+    assert list(roomy["around"]["score"]) == [4.0, 3.0]
+
+
+def test_histogram_counts_rows_in_whole_numbers_with_enough_bins_and_the_legend_off_the_bars():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from nemo_aesthetic.report.chart import histogram_figure
+
+    scores = np.random.default_rng(0).normal(5, 1, 12)
+    fig = histogram_figure(scores, threshold=5.0, threshold_label="median")
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    ax = fig.axes[0]
+    ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    assert len(ax.patches) >= 10  # bars: 12 rows still get a shape, not 6 wide blocks
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert legend.y0 >= ax.get_window_extent(renderer).y1 - 1  # above the plot, not over the bars
 
 
 def report_dataset(path):

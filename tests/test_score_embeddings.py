@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import SHARED
+from conftest import SHARED, needs_shared, skip_without_shared
 from test_cluster_and_s3 import s3_endpoint  # noqa: F401  (the moto server fixture)
 
 from nemo_aesthetic.embeddings import EmbeddingFileError, score_embeddings
@@ -18,13 +18,13 @@ from nemo_aesthetic.image.classifiers.aesthetic import load_linear, load_upstrea
 MODELS = SHARED / "models"
 V2 = MODELS / "sac+logos+ava1-l14-linearMSE.pth"
 V1_L14 = MODELS / "laion-v1" / "sa_0_4_vit_l_14_linear.pth"
+pytestmark = needs_shared(V1_L14, "the real LAION aesthetic weights (v2 and V1)")
 SIZES = [1000, 1, 2500]  # three files; with batch_rows=700 and rows_per_task=1000: several batches and tasks
 
 
 @pytest.fixture
 def weights_home(monkeypatch):
-    if not V2.exists():
-        pytest.skip(f"needs the LAION aesthetic weights {V2} (../shared/models)")
+    skip_without_shared(V2, "the real LAION aesthetic weights")
     monkeypatch.setenv("NEMO_AESTHETIC_HOME", str(MODELS))
     return MODELS
 
@@ -94,8 +94,7 @@ def test_layouts_score_like_the_reference_and_embedding_reader_reads_both_sides(
 
 
 def test_v1_head_and_bad_rows_get_null_with_a_reason(tmp_path, weights_home, monkeypatch):
-    if not V1_L14.exists():
-        pytest.skip(f"needs {V1_L14} (../shared/models/laion-v1)")
+    skip_without_shared(V1_L14, "the LAION-Aesthetics V1 ViT-L/14 head")
     monkeypatch.setenv("NEMO_AESTHETIC_HOME", str(V1_L14.parent))
     emb, _, arrays = write_layout(tmp_path / "in", "parquet", sizes=[8])
     x = arrays[0].astype(np.float32)
@@ -211,3 +210,27 @@ def test_s3_and_a_local_cluster(tmp_path, weights_home, s3_endpoint, cpu_client)
             table = pq.read_table(f)
         assert table.column_names == ["caption", "aesthetic_score", "error"]
         np.testing.assert_allclose(table["aesthetic_score"].to_numpy(), reference(x), rtol=0, atol=1e-5)
+
+
+def test_empty_and_all_null_files_still_get_their_output(tmp_path, weights_home):
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    kind = pa.list_(pa.float32())
+    x = unit_rows(3).astype(np.float32)
+    parts = {"a": pa.array(list(x), kind), "b": pa.array([], kind), "c": pa.array([None, None], kind)}
+    for name, embedding in parts.items():
+        pq.write_table(pa.table({"key": [f"{name}{i}" for i in range(len(embedding))], "embedding": embedding}),
+                       emb / f"{name}.parquet")
+    summary = score_embeddings(str(emb), str(tmp_path / "out"), file_format="parquet")
+    assert summary["rows"] == 5 and summary["errors"] == {"embedding is null": 2}
+    tables = {n: pq.read_table(tmp_path / "out" / f"{n}.parquet") for n in parts}
+    assert all(t.column_names == ["key", "aesthetic_score", "error"] for t in tables.values())
+    assert [t.num_rows for t in tables.values()] == [3, 0, 2]
+    np.testing.assert_allclose(tables["a"]["aesthetic_score"].to_numpy(), reference(x), rtol=0, atol=1e-5)
+
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    np.save(npy / "empty.npy", np.zeros((0, 768), np.float16))
+    np.save(npy / "one.npy", unit_rows(1))
+    assert score_embeddings(str(npy), str(tmp_path / "out_npy"))["rows"] == 1
+    assert pq.read_table(tmp_path / "out_npy" / "empty.parquet").num_rows == 0

@@ -241,21 +241,16 @@ def test_shards_filtered_to_nothing(img2dataset_dir, tmp_path):
         assert written[new]["jpg"] == expected[old]["image"]
 
 
-def test_whole_dataset_filtered_to_nothing_gives_one_empty_openable_shard(img2dataset_dir, tmp_path):
+def test_whole_dataset_filtered_to_nothing_writes_no_empty_tar(img2dataset_dir, tmp_path, caplog):
     root, _ = img2dataset_dir
     ds = ImageTextPairDataset.from_webdataset(str(root))
     ds.metadata["keep"] = ds.metadata["status"] == "nothing has this status"
     out = tmp_path / "out"
-    summary = ds.to_webdataset(str(out), "keep", old_id_col="old_key")
-    assert summary == {"kept_rows": 0, "written": 0, "shards": 1, "skipped_shards": [], "missing": []}
-    assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar"]
-    assert tar_members(out / "00000.tar") == []
-
-    again = ImageTextPairDataset.from_webdataset(str(out))
-    assert again.metadata.npartitions == 1
-    df = again.metadata.compute()
-    assert len(df) == 0
-    assert set(df.columns) == set(ds.metadata.columns) | {"old_key"}
+    with caplog.at_level("WARNING", logger="nemo_aesthetic"):
+        summary = ds.to_webdataset(str(out), "keep", old_id_col="old_key")
+    assert summary == {"kept_rows": 0, "written": 0, "shards": 0, "skipped_shards": [], "missing": []}
+    assert os.listdir(out) == []
+    assert "no row is kept; nothing written" in caplog.text
 
 
 @pytest.mark.parametrize("spelling", ["same", "slash", "file_url"])

@@ -106,9 +106,9 @@ def test_explicit_model_path_is_used_as_given(aesthetic_weights):
 
 
 # --------------------------------------------------------------------------- cache
-def test_cached_file_with_right_checksum_is_used_without_network(aesthetic_weights, online, serve):
+def test_cached_file_with_right_checksum_is_used_without_network(real_aesthetic_weights, online, serve):
     os.makedirs(cache_dir())
-    shutil.copyfile(aesthetic_weights, os.path.join(cache_dir(), FILENAME))
+    shutil.copyfile(real_aesthetic_weights, os.path.join(cache_dir(), FILENAME))
     server = serve({FILENAME: b"the server must not be asked"})
     path = resolve_weights(AESTHETIC_WEIGHTS)
     assert path == os.path.join(cache_dir(), FILENAME)
@@ -118,15 +118,15 @@ def test_cached_file_with_right_checksum_is_used_without_network(aesthetic_weigh
     assert server.requests == []
 
 
-def test_cached_file_is_used_offline(aesthetic_weights):
+def test_cached_file_is_used_offline(real_aesthetic_weights):
     os.makedirs(cache_dir())
-    shutil.copyfile(aesthetic_weights, os.path.join(cache_dir(), FILENAME))
+    shutil.copyfile(real_aesthetic_weights, os.path.join(cache_dir(), FILENAME))
     assert resolve_weights(AESTHETIC_WEIGHTS) == os.path.join(cache_dir(), FILENAME)
 
 
 # --------------------------------------------------------------------------- download
-def test_download_from_mirror_verifies_and_writes_atomically(aesthetic_weights, online, serve):
-    server = serve({FILENAME: aesthetic_weights})
+def test_download_from_mirror_verifies_and_writes_atomically(real_aesthetic_weights, online, serve):
+    server = serve({FILENAME: real_aesthetic_weights})
     clf = AestheticClassifier()
     expected = os.path.join(cache_dir(), FILENAME)
     assert clf.model_path == expected
@@ -161,15 +161,15 @@ def test_download_with_wrong_bytes_is_refused_and_leaves_nothing(online, serve):
     assert _cache_listing() == []
 
 
-def test_corrupt_cached_file_is_replaced_by_a_fresh_download(aesthetic_weights, online, serve):
+def test_corrupt_cached_file_is_replaced_by_a_fresh_download(real_aesthetic_weights, online, serve):
     os.makedirs(cache_dir())
     target = os.path.join(cache_dir(), FILENAME)
-    with open(aesthetic_weights, "rb") as f:
+    with open(real_aesthetic_weights, "rb") as f:
         data = bytearray(f.read())
     data[len(data) // 2] ^= 0xFF  # one flipped byte: loads fine as a state dict, wrong numbers
     with open(target, "wb") as f:
         f.write(data[: len(data) - 10])
-    server = serve({FILENAME: aesthetic_weights})
+    server = serve({FILENAME: real_aesthetic_weights})
     assert resolve_weights(AESTHETIC_WEIGHTS) == target
     assert server.requests == [f"/{FILENAME}"]
     assert sha256_of(target) == AESTHETIC_WEIGHTS.sha256

@@ -20,6 +20,7 @@ Heavy imports (torch, timm, dask.dataframe) happen inside the commands, so ``--h
 """
 from __future__ import annotations
 
+import http.client
 import sys
 
 from nemo_aesthetic.cli import demo, filter, report, score, score_embeddings
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted", file=sys.stderr)
             return 130
-        except (UsageError, WeightsUnavailableError, OSError, ValueError, KeyError, ImportError) as exc:
+        except (UsageError, WeightsUnavailableError, OSError, ValueError, KeyError, ImportError,
+                http.client.HTTPException) as exc:  # (a network reply that is not HTTP, cut, ...)
             _error(exc)
             return 2
         except Exception as exc:  # a worker killed (out of memory?): say so without a traceback

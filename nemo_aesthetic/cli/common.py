@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from nemo_aesthetic.cli.console import shard_progress
+from nemo_aesthetic.cli.console import job_progress
 from nemo_aesthetic.cli.options import DEFAULT_MODEL, TINY_KWARGS, TINY_MODEL, UsageError
 from nemo_aesthetic.weights import WeightsUnavailableError
 
@@ -36,7 +36,7 @@ def check_weights(args, model: str, kwargs: dict, pretrained: bool, checkpoint: 
     from nemo_aesthetic.image.classifiers.aesthetic import HEADS
     from nemo_aesthetic.weights import check_checkpoint, check_clip_weights, resolve_aesthetic_weights
 
-    problems, aesthetic = [], None
+    problems, aesthetic, clip_missing = [], None, False
     try:
         aesthetic = resolve_aesthetic_weights(args.aesthetic_weights, HEADS[concrete_head(args, model)][0])
     except WeightsUnavailableError as exc:
@@ -49,11 +49,38 @@ def check_weights(args, model: str, kwargs: dict, pretrained: bool, checkpoint: 
             check_clip_weights(model)
         except WeightsUnavailableError as exc:
             problems.append(str(exc))
+            clip_missing = True
     if problems:
         header = (f"{len(problems)} model files are missing; place both, then run again.\n\n"
                   if len(problems) > 1 else "")
-        raise WeightsUnavailableError(header + "\n\n".join(problems))
+        footer = ""
+        if clip_missing:
+            footer = ("\n\nTo try the pipeline without the CLIP weights, add --tiny: a tiny random model of the "
+                      "same family that runs offline in seconds (its scores are meaningless).")
+        raise WeightsUnavailableError(header + "\n\n".join(problems) + footer)
     return aesthetic
+
+
+def save_tiny_checkpoint(model: str, kwargs: dict, path: str) -> str:
+    """One seeded random model saved once, so every worker scores with the same weights."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model(model, pretrained=False, **kwargs).state_dict(), path)
+    return path
+
+
+def provenance_metadata(model: str, tiny: bool) -> dict[str, str]:
+    """What the written Parquet files record about how they were scored (see datasets.provenance)."""
+    from nemo_aesthetic.datasets.provenance import MODEL_KEY, TINY_KEY
+
+    return {MODEL_KEY: model, **({TINY_KEY: TINY_NOTE} if tiny else {})}
+
+
+#: What every output of ``--tiny`` says (CLI summary, Parquet metadata, report banner).
+TINY_NOTE = ("scored with --tiny: a tiny RANDOMLY INITIALISED model, not CLIP; the scores are MEANINGLESS "
+             "and only show that the pipeline runs")
 
 
 #: ``--cluster gpu`` defaults: a batch that fills an H100/H200 with ViT-L/14 (bf16), and decode threads
@@ -77,12 +104,13 @@ def make_embedder(model: str, kwargs: dict, pretrained: bool, checkpoint: str | 
                              classifiers=[AestheticClassifier(model_path=aesthetic, head=head)])
 
 
-def run_and_save(dataset, embedder, out: str | None, client, quiet: bool) -> float:
+def run_and_save(dataset, embedder, out: str | None, client, quiet: bool,
+                 file_metadata: dict[str, str] | None = None) -> float:
     """Embed + score + save_metadata; returns the seconds it took."""
     scored = embedder(dataset)
     start = time.perf_counter()
-    with shard_progress(len(dataset.shards), quiet, wait_for_logs=client is not None):
-        scored.save_metadata(out)
+    with job_progress(dataset, client, quiet):
+        scored.save_metadata(out, file_metadata=file_metadata)
     return time.perf_counter() - start
 
 

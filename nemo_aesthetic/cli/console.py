@@ -1,12 +1,13 @@
 """The console: library log lines on stderr (above the progress bar when there is one), and the
-per-shard progress bar."""
+per-image progress (bar or lines) of an embedding job."""
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import sys
-import threading
+import time
+
+logger = logging.getLogger("nemo_aesthetic.cli")
 
 
 class _Console(logging.Handler):
@@ -64,53 +65,68 @@ def cli_logging(quiet: bool):
             q.setLevel(lvl)
 
 
-_SHARD_LINE = re.compile(r"^shard (\S+): \d+ rows, \d+ scored")
+#: Seconds between two progress lines when stderr is not a terminal (a log file, CI).
+LINE_INTERVAL = 5.0
 
 
-class _ShardProgress(logging.Handler):
-    """Counts the embedder's per-shard log lines (forwarded from the workers) as progress."""
+def count_rows(dataset) -> int:
+    """Rows of every shard, from the Parquet footers only (no data read)."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    def __init__(self, total: int, show_bar: bool):
-        super().__init__(logging.INFO)
-        self.total = total
-        self.seen: set[str] = set()
-        self.done = threading.Event()
-        self.bar = None
-        if show_bar and total:
-            from tqdm import tqdm
+    import pyarrow.parquet as pq
 
-            self.bar = tqdm(total=total, unit="shard", desc="scoring", file=sys.stderr, dynamic_ncols=True)
-        if total == 0:
-            self.done.set()
+    fs = dataset._fs_for(None)[0]
 
-    def emit(self, record):
-        m = _SHARD_LINE.match(record.getMessage())
-        if not m or m.group(1) in self.seen:
-            return
-        self.seen.add(m.group(1))
-        if self.bar is not None:
-            self.bar.update(1)
-        if len(self.seen) >= self.total:
-            self.done.set()
+    def rows(shard):
+        with fs.open(shard.parquet, "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
 
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        super().close()
+    with ThreadPoolExecutor(16) as pool:
+        return sum(pool.map(rows, dataset.shards))
 
 
 @contextlib.contextmanager
-def shard_progress(total: int, quiet: bool, wait_for_logs: bool):
-    lib = logging.getLogger("nemo_aesthetic")
-    progress = _ShardProgress(total, show_bar=not quiet and sys.stderr.isatty())
-    CONSOLE.bar = progress.bar
-    lib.addHandler(progress)
+def job_progress(dataset, client, quiet: bool):
+    """Per-image progress of embedding ``dataset``: a bar with rate and ETA on a terminal, else a
+    line every few seconds. It listens to the progress the workers publish as Dask events
+    (:mod:`nemo_aesthetic.progress`), or, with no client (synchronous scheduler), in-process."""
+    from nemo_aesthetic import progress
+
+    tally = progress.ProgressTally(count_rows(dataset), len(dataset.shards))
+    bar = None
+    if not quiet and sys.stderr.isatty() and tally.total_rows:
+        from tqdm import tqdm
+
+        bar = tqdm(total=tally.total_rows, unit="img", desc="scoring", file=sys.stderr, dynamic_ncols=True)
+    last_line = [0.0]
+
+    def hear(message: dict) -> None:
+        added = tally.add(message)
+        if bar is not None:
+            bar.set_postfix_str(f"{len(tally.finished)}/{tally.total_shards} shards", refresh=False)
+            bar.update(added)
+        elif not quiet:
+            now = time.monotonic()
+            if now - last_line[0] >= LINE_INTERVAL or tally.all_finished.is_set():
+                last_line[0] = now
+                logger.info("progress: %s", tally.line())
+
+    if client is None:
+        listening = progress.subscribe_local(hear)
+    else:
+        client.subscribe_topic(progress.TOPIC, lambda event: hear(event[1]))
+        listening = contextlib.nullcontext()
+    CONSOLE.bar = bar
     try:
-        yield progress
-        if wait_for_logs and not quiet:
-            # Forwarded log records travel separately from the results: let the last ones land.
-            progress.done.wait(timeout=5.0)
+        with listening:
+            yield tally
+            if client is not None:
+                # Events travel apart from the results: let the last ones (and the log lines sent
+                # before them) land.
+                tally.all_finished.wait(timeout=5.0)
     finally:
-        lib.removeHandler(progress)
+        if client is not None:
+            client.unsubscribe_topic(progress.TOPIC)
         CONSOLE.bar = None
-        progress.close()
+        if bar is not None:
+            bar.close()

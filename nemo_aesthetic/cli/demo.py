@@ -60,8 +60,7 @@ def run(args) -> int:
 
     with tempfile.TemporaryDirectory(prefix="nemo-aesthetic-tiny-") as tmp:
         if args.tiny and checkpoint is None:
-            # One seeded random model saved once, so every worker scores with the same weights.
-            checkpoint = save_tiny_checkpoint(model, kwargs, os.path.join(tmp, "tiny-random-clip.pth"))
+            checkpoint = common.save_tiny_checkpoint(model, kwargs, os.path.join(tmp, "tiny-random-clip.pth"))
             pretrained = False
         dataset = ImageTextPairDataset.from_webdataset(out)
         batch_size, threads = common.batch_and_threads(args)
@@ -69,20 +68,12 @@ def run(args) -> int:
         workers = args.workers or min(2, os.cpu_count() or 1)
         with dask_client(args.cluster, None, workers, len(dataset.shards), args.quiet) as client:
             logger.info("scoring %d images with %s%s", len(described), model, " (tiny, random)" if args.tiny else "")
-            elapsed = common.run_and_save(dataset, embedder, None, client, args.quiet)
+            elapsed = common.run_and_save(dataset, embedder, None, client, args.quiet,
+                                          common.provenance_metadata(model, args.tiny))
     fs, root = common.fs_root(out)
     results = common.read_results(fs, root, dataset.shards, ["key", "caption", SCORE_COLUMN, "error"])
     print_ranked(results, elapsed, out, args.tiny)
     return 0
-
-
-def save_tiny_checkpoint(model: str, kwargs: dict, path: str) -> str:
-    import timm
-    import torch
-
-    torch.manual_seed(0)
-    torch.save(timm.create_model(model, pretrained=False, **kwargs).state_dict(), path)
-    return path
 
 
 def print_tiny_banner() -> None:

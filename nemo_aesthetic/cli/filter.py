@@ -9,7 +9,7 @@ import sys
 
 from nemo_aesthetic.cli import common
 from nemo_aesthetic.cli.options import (FILTER_COLUMN, PROG, SCORE_COLUMN, UsageError, add_quiet_option,
-                                        positive_int)
+                                        positive_int, score_number)
 
 logger = logging.getLogger("nemo_aesthetic.cli")
 
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
                     "tied at the cut, the first in shard order are kept, so exactly N rows are selected.")
     filt.add_argument("path", metavar="PATH", help="scored dataset directory (tars + Parquet with aesthetic_score)")
     how = filt.add_mutually_exclusive_group(required=True)
-    how.add_argument("--threshold", metavar="T", type=float, help="keep rows with score >= T")
+    how.add_argument("--threshold", metavar="T", type=score_number, help="keep rows with score >= T")
     how.add_argument("--top-percent", metavar="P", type=_percent, help="keep the best P %% of the scored rows")
     how.add_argument("--top-k", metavar="N", type=positive_int, help="keep the best N rows")
     filt.add_argument("--out", metavar="DIR", required=True, help="output directory (not PATH)")
@@ -64,6 +64,7 @@ def run(args) -> int:
     if all(s.tar is None for s in dataset.shards):
         raise UsageError(f"{args.path} has metadata but no tar files; run filter on the directory that holds "
                          "the tars and the scored Parquet (score in place, without --out)")
+    _check_out(args)
     score = dataset.metadata[SCORE_COLUMN]
     if args.threshold is None:
         selected = dataset.select_top(args.top_percent, args.top_k, SCORE_COLUMN, FILTER_COLUMN)
@@ -90,5 +91,22 @@ def run(args) -> int:
     if result["missing"]:
         print(f"  {len(result['missing'])} kept row(s) had no image in their tar and were not written, "
               f"e.g. {result['missing'][:3]}")
-    print(f"wrote {result['written']} samples in {result['shards']} shard(s) to {args.out}")
+    if result["shards"]:
+        print(f"wrote {result['written']} samples in {result['shards']} shard(s) to {args.out}")
+    else:
+        print(f"no row is kept ({rule}): nothing written to {args.out}")
     return 0
+
+
+def _check_out(args) -> None:
+    """The library's refusals, said in the command's terms (options, not keyword arguments)."""
+    from nemo_aesthetic.datasets.shards import discover_shards
+
+    fs, out = common.fs_root(args.out)
+    _, src = common.fs_root(args.path)
+    if out == src:
+        raise UsageError(f"--out is PATH ({args.out}); filter writes a new dataset: choose another directory")
+    existing = discover_shards(fs, out) if fs.isdir(out) else []
+    if existing and args.mode == "error":
+        raise UsageError(f"--out {args.out} already holds {len(existing)} shard(s); add --mode overwrite to "
+                         "replace them or --mode resume to finish an interrupted run")

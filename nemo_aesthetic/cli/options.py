@@ -42,6 +42,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def score_number(text: str) -> float:
+    """A score to compare with: any float but NaN (every comparison with NaN is false, so
+    ``--threshold nan`` would keep nothing and still succeed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value:
+        raise argparse.ArgumentTypeError("expected a number, got nan")
+    return value
+
+
 def json_object(text: str) -> dict:
     try:
         value = json.loads(text)

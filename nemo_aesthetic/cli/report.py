@@ -39,6 +39,8 @@ def run(args) -> int:
     if args.out.lower().endswith(".png"):
         raise UsageError(f"--out is the HTML file (its histogram goes beside it as .png): {args.out}")
     s = report.write_report(args.path, args.out, threshold=args.threshold, top=args.top, id_col=args.id_col)
+    if s["tiny"]:
+        print(f"NOTE: this dataset was {common.TINY_NOTE}; the report says so.")
     print(f"rows: {s['rows']}   scored: {s['scored']}   errors: {s['errors']}")
     if s["threshold"] is not None:
         how = "the median score; pass --threshold to choose" if s["threshold_is_median"] else "given"

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 
 from nemo_aesthetic.cli import common
 from nemo_aesthetic.cli.cluster import dask_client
-from nemo_aesthetic.cli.options import (LOCAL_CLUSTERS, SCORE_COLUMN, add_head_option, add_model_options,
-                                        add_run_options)
+from nemo_aesthetic.cli.options import (LOCAL_CLUSTERS, SCORE_COLUMN, UsageError, add_head_option,
+                                        add_model_options, add_run_options)
 from nemo_aesthetic.report import error_groups  # the error grouping, shared with the HTML report
 
 logger = logging.getLogger("nemo_aesthetic.cli")
@@ -22,13 +24,17 @@ def add_parser(sub) -> None:
                     "images/s.")
     score.add_argument("path", metavar="PATH", help="dataset directory (img2dataset output)")
     score.add_argument("--out", metavar="DIR", default=None,
-                       help="write the Parquet files here instead of over PATH's (only Parquet is written; "
-                            "'filter' needs the scored Parquet beside the tars, so score in place to filter)")
+                       help="write the Parquet files here instead of over PATH's (only Parquet is written; each "
+                            "file records PATH, so 'report DIR' and 'filter DIR' find the images there)")
+    score.add_argument("--tiny", action="store_true",
+                       help="use a tiny randomly initialised model of the same family instead of CLIP: no CLIP "
+                            "download, checks the whole pipeline in seconds, but the scores are MEANINGLESS "
+                            "(and say so: in the summary, the Parquet metadata and any report)")
     score.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
     add_model_options(score, "default: 256 with --cluster gpu, else 8")
     add_head_option(score, "the model's")
     add_run_options(score, "cpu")
-    score.set_defaults(func=run, tiny=False)
+    score.set_defaults(func=run)
 
 
 def run(args) -> int:
@@ -37,22 +43,33 @@ def run(args) -> int:
 
     dataset = ImageTextPairDataset.from_webdataset(args.path, id_col=args.id_col)
     local = args.scheduler_file is None and args.cluster in LOCAL_CLUSTERS
+    if args.tiny and not local:
+        raise UsageError("--tiny runs on a local cluster (--cluster cpu, gpu or sync): its random model is "
+                         "a file on this machine")
     model, kwargs, pretrained, checkpoint = common.model_choice(args)
     aesthetic = common.check_weights(args, model, kwargs, pretrained, checkpoint, local)
+    if args.tiny:
+        print(f"NOTE: {common.TINY_NOTE}.", flush=True)
     batch_size, threads = common.batch_and_threads(args)
-    embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, threads,
-                                    common.concrete_head(args, model))
     out = args.out or args.path
-    with dask_client(args.cluster, args.scheduler_file, args.workers, len(dataset.shards), args.quiet) as client:
-        logger.info("scoring %d shard(s) of %s with %s", len(dataset.shards), args.path, model)
-        elapsed = common.run_and_save(dataset, embedder, args.out, client, args.quiet)
+    with tempfile.TemporaryDirectory(prefix="nemo-aesthetic-tiny-") as tmp:
+        if args.tiny and checkpoint is None:
+            checkpoint = common.save_tiny_checkpoint(model, kwargs, os.path.join(tmp, "tiny-random-clip.pth"))
+            pretrained = False
+        embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, threads,
+                                        common.concrete_head(args, model))
+        with dask_client(args.cluster, args.scheduler_file, args.workers, len(dataset.shards),
+                         args.quiet) as client:
+            logger.info("scoring %d shard(s) of %s with %s", len(dataset.shards), args.path, model)
+            elapsed = common.run_and_save(dataset, embedder, args.out, client, args.quiet,
+                                          common.provenance_metadata(model, args.tiny))
     fs, root = common.fs_root(out)
     results = common.read_results(fs, root, dataset.shards, [args.id_col, SCORE_COLUMN, "error"])
-    print_summary(results, elapsed, out)
+    print_summary(results, elapsed, out, tiny=args.tiny)
     return 0
 
 
-def print_summary(results, elapsed: float, where: str) -> None:
+def print_summary(results, elapsed: float, where: str, tiny: bool = False) -> None:
     import numpy as np
 
     rows = len(results)
@@ -70,3 +87,5 @@ def print_summary(results, elapsed: float, where: str) -> None:
         q = np.quantile(scores[np.isfinite(scores)], [0, 0.1, 0.5, 0.9, 1.0])
         print("aesthetic_score: min {:.3f}  p10 {:.3f}  median {:.3f}  p90 {:.3f}  max {:.3f}".format(*q))
     print(f"metadata written to {where} (columns {SCORE_COLUMN}, image_embedding, error)")
+    if tiny:
+        print(f"REMINDER: {common.TINY_NOTE}.")

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 from dask import delayed
 
 from nemo_aesthetic import frames
-from nemo_aesthetic.atomic import atomic_open
+from nemo_aesthetic.atomic import atomic_open, commit_staged, exclusive_output, location, temporary_name
+from nemo_aesthetic.datasets import provenance
 from nemo_aesthetic.datasets.shards import (
     KeyIndex,
     Shard,
@@ -28,6 +29,7 @@ from nemo_aesthetic.datasets.shards import (
     discover_shards,
     iter_samples,
 )
+from nemo_aesthetic.datasets.schema import conform, unified_schema
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +69,10 @@ class ImageTextPairDataset:
         """Open a directory of ``NNNNN.tar`` + ``NNNNN.parquet`` shards (img2dataset layout).
 
         Only the Parquet files are read, lazily; the tars are opened by the embedders on the
-        workers. Raises a clear error for a missing path, no Parquet, a tar with no Parquet,
-        an unreadable first Parquet, or an ``id_col`` that is not a column.
+        workers. The schema is unified across all shards' footers (a column some shards lack is
+        null there; types are promoted to a common one). Raises a clear error for a missing path,
+        no Parquet, a tar with no Parquet, an unreadable Parquet footer, an ``id_col`` that is not
+        a column of every shard, or column types with no common type.
         """
         storage_options = storage_options or {}
         fs, root = fsspec.core.url_to_fs(path, **storage_options)
@@ -84,25 +88,28 @@ class ImageTextPairDataset:
         shards = [s for s in shards if s.parquet is not None]
         if not shards:
             raise FileNotFoundError(f"no NNNNN.parquet metadata files in {path}")
+        shards = provenance.tars_from_source(fs, shards, storage_options)  # metadata written elsewhere
         for s in shards:
             if s.tar is None:
                 logger.warning("shard %s has metadata but no tar: its rows will be flagged, not scored", s.name)
 
-        meta = _read_meta(fs, shards[0], id_col)
+        schema = unified_schema(fs, shards, id_col)
         metadata = dd.from_map(
-            _read_shard_metadata, shards, fs=fs, id_col=id_col,
-            meta=meta, label="read-shard-metadata", enforce_metadata=False,
+            _read_shard_metadata, shards, fs=fs, id_col=id_col, schema=schema,
+            meta=frames.arrow_to_frame(schema.empty_table()), label="read-shard-metadata", enforce_metadata=False,
         )
         return cls(path, metadata, [s.tar for s in shards], id_col, shards=shards,
                    storage_options=storage_options)
 
     # ------------------------------------------------------------------ writing
     def save_metadata(self, path: str | None = None, columns: Iterable[str] | None = None,
-                      mode: str = "overwrite") -> dict:
+                      mode: str = "overwrite", file_metadata: dict[str, str] | None = None) -> dict:
         """Write each partition to ``<path>/<shard name>.parquet`` (default: over the input).
 
         Each file is written atomically, so a job killed mid-way leaves every file either as it
-        was or complete. ``columns`` selects (and orders) the columns written.
+        was or complete. ``columns`` selects (and orders) the columns written. Each file records
+        the directory of its tars in its key-value metadata (``nemo_aesthetic.source``), so
+        :meth:`from_webdataset` on ``path`` finds the images again; ``file_metadata`` adds keys.
 
         ``mode="overwrite"`` (default) writes every shard. ``mode="resume"`` finishes an
         interrupted save: a shard whose file already exists with every column being written is
@@ -110,18 +117,26 @@ class ImageTextPairDataset:
         others are written. Resume trusts such files to come from the same job: use it to
         continue a run, not to mix runs of different settings.
 
+        The directory is held for the run (:func:`~nemo_aesthetic.atomic.exclusive_output`): a second
+        run into it fails at once, and temporary files of a killed run are removed.
+
         Returns ``{"written": [shard names], "skipped": [shard names]}``.
         """
         if mode not in ("overwrite", "resume"):
             raise ValueError(f"mode must be 'overwrite' or 'resume', not {mode!r}")
         fs, root = self._fs_for(path)
-        fs.makedirs(root, exist_ok=True)
+        with exclusive_output(fs, root):
+            return self._save_metadata(fs, root, columns, mode, file_metadata)
+
+    def _save_metadata(self, fs, root: str, columns, mode: str, file_metadata: dict | None) -> dict:
         columns = list(columns) if columns is not None else None
         targets = [posixpath.join(root, f"{shard.name}.parquet") for shard in self.shards]
         wanted = set(columns if columns is not None else self.metadata.columns)
         done = _complete_parquets(fs, targets, wanted) if mode == "resume" else set()
+        source = provenance.source_of(self._fs_for(None)[0], self.tar_files)
+        extra = {**({provenance.SOURCE_KEY: source} if source else {}), **(file_metadata or {})}
         tasks = [
-            delayed(_write_partition)(part, fs, target, columns)
+            delayed(_write_partition)(part, fs, target, columns, extra)
             for part, target in zip(self.metadata.to_delayed(), targets) if target not in done
         ]
         dask.compute(*tasks)
@@ -145,13 +160,19 @@ class ImageTextPairDataset:
 
         A kept row whose sample is not in its tar (failed download, missing tar) cannot be a
         WebDataset sample: it is left out, logged, and listed in the returned summary. A
-        dataset filtered down to nothing gives one empty shard, so the output still opens.
+        dataset filtered down to nothing writes nothing (no empty tar) and says so in the log;
+        the summary then has ``shards == 0``.
 
         ``mode`` says what to do when ``path`` already holds shards: ``"error"`` (default)
-        refuses, so two runs never mix silently; ``"overwrite"`` deletes the old shards first;
-        ``"resume"`` keeps every output shard whose tar and Parquet both exist (each is written
-        atomically, the Parquet last) and writes the rest: the plan of output shards depends only
-        on the kept rows, so re-running the same filter continues an interrupted run.
+        refuses; ``"overwrite"`` writes the new shards into a staging directory inside ``path``
+        and only when all are complete moves them in and deletes the old ones (a failed or killed
+        run leaves the old output as it was); ``"resume"`` keeps every output shard whose tar and
+        Parquet both exist (each is written atomically, the Parquet last) and writes the rest: the
+        plan of output shards depends only on the kept rows, so re-running the same filter
+        continues an interrupted run.
+        ``path`` must not be the input, however spelled (``DS/.``, ``x/../DS``, a symlink). The
+        output is held for the run (:func:`~nemo_aesthetic.atomic.exclusive_output`): a second run
+        into it fails at once, and temporaries of a killed run are removed.
 
         Returns ``{"kept_rows", "written", "shards", "skipped_shards", "missing": [(shard, id), ...]}``
         (``written`` counts samples written by this call).
@@ -164,17 +185,23 @@ class ImageTextPairDataset:
             raise KeyError(f"filter_column {filter_column!r} is not a column; columns: {list(self.metadata.columns)}")
         fs_out, out_root = self._fs_for(path)
         fs_in, in_root = self._fs_for(None)
-        if fs_out.protocol == fs_in.protocol and out_root.rstrip("/") == in_root.rstrip("/"):
-            raise ValueError("to_webdataset cannot write over its own input; choose another path")
-        fs_out.makedirs(out_root, exist_ok=True)
+        if location(fs_out, out_root) == location(fs_in, in_root):
+            raise ValueError(f"to_webdataset cannot write over its own input ({path} is {self.path}); "
+                             "choose another path")
+        with exclusive_output(fs_out, out_root):
+            return self._to_webdataset(path, fs_in, fs_out, out_root, filter_column, samples_per_shard,
+                                       max_shards, old_id_col, mode)
+
+    def _to_webdataset(self, path, fs_in, fs_out, out_root, filter_column, samples_per_shard, max_shards,
+                       old_id_col, mode) -> dict:
         # (On object stores a "directory" exists only once it holds objects.)
         existing = discover_shards(fs_out, out_root) if fs_out.isdir(out_root) else []
         if existing and mode == "error":
             raise FileExistsError(
                 f"{path} already holds {len(existing)} shard(s); pass mode='overwrite' to replace them "
                 "or mode='resume' to finish an interrupted run")
-        if existing and mode == "overwrite":
-            fs_out.rm([p for s in existing for p in (s.tar, s.parquet, s.stats) if p])
+        # overwrite: nothing old is touched until the whole new output exists (in a staging dir)
+        write_root = temporary_name(out_root) if existing and mode == "overwrite" else out_root
         finished = {s.name for s in existing if s.tar and s.parquet} if mode == "resume" else set()
 
         # Filter inside each partition: dask's optimizer turns ``df[s.astype(bool)]`` into the mask
@@ -193,14 +220,20 @@ class ImageTextPairDataset:
                 continue
             tasks.append(delayed(_write_output_shard)(
                 fs_in, [self.shards[i] for i, _, _ in slices], slices, [parts[i] for i, _, _ in slices], counts,
-                fs_out, out_root, f"{j:0{max_shards}d}", j * 10 ** math.ceil(math.log10(samples_per_shard)),
+                fs_out, write_root, f"{j:0{max_shards}d}", j * 10 ** math.ceil(math.log10(samples_per_shard)),
                 id_width, self.id_col, old_id_col,
             ))
-        if not plan and not finished:  # filtered down to nothing: one empty shard keeps the output readable
-            tasks.append(delayed(_write_output_shard)(
-                fs_in, [], [], [], counts, fs_out, out_root, f"{0:0{max_shards}d}", 0, id_width, self.id_col,
-                old_id_col, empty_meta=kept._meta))
-        results = dask.compute(*tasks)
+        if not plan:
+            logger.warning("to_webdataset: no row is kept; nothing written to %s", path)
+        try:
+            results = dask.compute(*tasks)
+        except BaseException:
+            if write_root != out_root and fs_out.exists(write_root):  # the old output stays as it was
+                fs_out.rm(write_root, recursive=True)
+            raise
+        if write_root != out_root:
+            commit_staged(fs_out, write_root, out_root,
+                          [p for s in existing for p in (s.tar, s.parquet, s.stats) if p])
         missing = [m for r in results for m in r["missing"]]
         if missing:
             logger.warning("to_webdataset: %d kept row(s) had no sample in their tar and were not written "
@@ -208,7 +241,7 @@ class ImageTextPairDataset:
         return {
             "kept_rows": sum(counts),
             "written": sum(r["written"] for r in results),
-            "shards": max(len(plan), 1),
+            "shards": len(plan),
             "skipped_shards": sorted(finished),
             "missing": missing,
         }
@@ -246,21 +279,8 @@ def _read_parquet(fs, path: str):
         raise ValueError(f"cannot read metadata file {path}: {type(exc).__name__}: {exc}") from exc
 
 
-def _read_meta(fs, shard: Shard, id_col: str):
-    with fs.open(shard.parquet, "rb") as f:
-        try:
-            schema = pq.read_schema(f)
-        except Exception as exc:
-            raise ValueError(f"cannot read metadata file {shard.parquet}: {type(exc).__name__}: {exc}") from exc
-    if id_col not in schema.names:
-        raise KeyError(f"id_col {id_col!r} is not a column of {shard.parquet}; columns: {schema.names}")
-    return frames.arrow_to_frame(schema.empty_table())
-
-
-def _read_shard_metadata(shard: Shard, fs, id_col: str):
-    table = _read_parquet(fs, shard.parquet)
-    if id_col not in table.column_names:
-        raise KeyError(f"id_col {id_col!r} is not a column of {shard.parquet}; columns: {table.column_names}")
+def _read_shard_metadata(shard: Shard, fs, id_col: str, schema):
+    table = conform(_read_parquet(fs, shard.parquet), schema, shard.parquet)
     df = frames.arrow_to_frame(table)
     df = df.sort_values(id_col, na_position="last", kind="stable").reset_index(drop=True)
     ids = df[id_col]
@@ -287,10 +307,10 @@ def _complete_parquets(fs, paths: list[str], columns: set) -> set:
         return {p for p, ok in zip(paths, pool.map(complete, paths)) if ok}
 
 
-def _write_partition(df, fs, path: str, columns: list | None) -> int:
+def _write_partition(df, fs, path: str, columns: list | None, extra: dict | None = None) -> int:
     if columns is not None:
         df = df[columns]
-    table = frames.frame_to_arrow(df)
+    table = provenance.with_file_metadata(frames.frame_to_arrow(df), extra or {})
     with atomic_open(fs, path, "wb") as f:
         pq.write_table(table, f)
     return len(df)
@@ -324,7 +344,7 @@ def _plan_output_shards(counts: list[int], samples_per_shard: int) -> list[list[
 
 
 def _write_output_shard(fs_in, in_shards, slices, parts, counts, fs_out, out_root, name, id_base, id_width,
-                        id_col, old_id_col, empty_meta=None) -> dict:
+                        id_col, old_id_col) -> dict:
     """Write output shard ``name``: for each ``(partition, start, stop)`` slice, the kept samples
     number ``start..stop-1`` of that partition's tar, counted in the tar's own order.
 
@@ -347,7 +367,7 @@ def _write_output_shard(fs_in, in_shards, slices, parts, counts, fs_out, out_roo
                 try:
                     for sample in iter_samples(fs_in, shard.tar):
                         pos = index.position(sample.key)
-                        if pos is None or not sample.complete:  # a cut-off sample is not copied
+                        if pos is None or not sample.complete or sample.refused:  # cut off or unread: not copied
                             continue
                         if pos in counted:  # the key again, further on: one row, one sample
                             if last_slice:
@@ -370,16 +390,11 @@ def _write_output_shard(fs_in, in_shards, slices, parts, counts, fs_out, out_roo
             if old_id_col:
                 out[old_id_col] = out[id_col]
             out[id_col] = [new_ids[p] for p in positions]
+            out[id_col] = out[id_col].astype(str)  # (an empty slice would make it float: one schema per output)
             written_rows.append(out)
             if last_slice:
                 missing += [(shard.name, k) for p, k in enumerate(ids) if p not in counted]
-    if written_rows:
-        frame = frames.concat(written_rows)
-    else:
-        frame = empty_meta.copy()
-        if old_id_col:
-            frame[old_id_col] = frame[id_col]
-        frame[id_col] = frame[id_col].astype(str)
+    frame = frames.concat(written_rows)  # every output shard has at least one slice
     _write_partition(frame.reset_index(drop=True), fs_out, posixpath.join(out_root, f"{name}.parquet"), None)
     return {"written": next_index, "missing": missing}
 

@@ -6,21 +6,32 @@ optionally ``NNNNN_stats.json``. A tar is paired with its Parquet by shard *name
 position in a sorted list, so a missing file cannot shift every later shard onto the wrong
 metadata.
 
-Tars are read as a stream (``tarfile`` mode ``r|*``, through fsspec) so any filesystem works,
-gzip-compressed shards work, and memory holds one sample at a time. Member names are split into
+Tars are read as a stream (``tarfile`` mode ``r|``, through fsspec) so any filesystem works, and
+memory holds one sample at a time. Compressed shards (gzip, bzip2, xz, told by their first bytes)
+are decompressed by the standard library's file readers, which bound each step's output: tarfile's
+own stream decompressor would turn a few KB of a hostile ``.tar.gz`` into one huge buffer and
+skip over a big member in time quadratic in its size. Nothing in a tar decides how much we hold:
+a member over :func:`max_member_bytes` is not read (its sample gets a reason instead of bytes), and
+sparse members, which a 2 kB tar can declare to be 8 GiB, are refused outright. Member names are split into
 key and extension with webdataset's own rule (``base_plus_ext``), so keys agree with what
 webdataset readers see; names it cannot split (``._*`` macOS resource forks, files without an
 extension) are counted as skipped, not guessed at.
 """
 from __future__ import annotations
 
+import bz2
+import contextlib
 import dataclasses
+import gzip
 import io
 import json
 import logging
+import lzma
+import os
 import posixpath
 import re
 import tarfile
+import zlib
 from typing import Iterator
 
 import fsspec
@@ -28,6 +39,15 @@ import fsspec
 from nemo_aesthetic.atomic import atomic_open, is_local, is_temporary
 
 logger = logging.getLogger(__name__)
+
+#: Default largest tar member we read into memory; ``$NEMO_AESTHETIC_MAX_MEMBER_BYTES`` changes it.
+#: An image at the default ``max_pixels`` (89 MP) is well under this even as an uncompressed TIFF.
+MAX_MEMBER_BYTES = 256 * 2**20
+MAX_MEMBER_ENV = "NEMO_AESTHETIC_MAX_MEMBER_BYTES"
+
+#: What an integer id's key may look like: ASCII digits (zero padding allowed), nothing else, so
+#: ``1_000``, `` 7``, ``+9`` or non-ASCII digits never match a row that ``int()`` would accept.
+_CANONICAL_INT = re.compile(r"-?[0-9]+")
 
 _SHARD_FILE = re.compile(r"^(?P<name>[^/]+?)(?P<suffix>\.parquet|\.tar|\.tar\.gz|\.tgz|_stats\.json)$")
 
@@ -50,6 +70,9 @@ class Sample:
     members: list[tuple[str, tarfile.TarInfo, bytes]]  # (extension, header, bytes)
     #: False for the sample being read when the tar broke: it may lack members that follow.
     complete: bool = True
+    #: Why a member of this sample was not read (too large, sparse): the sample cannot be scored
+    #: or copied, and this is its row's reason. None for a sample read in full.
+    refused: str | None = None
 
     def extensions(self) -> list[str]:
         return [ext for ext, _, _ in self.members]
@@ -59,11 +82,13 @@ class KeyIndex:
     """Finds the metadata row of a tar key.
 
     Keys in tars are strings; id columns may be strings (img2dataset's zero-padded keys) or
-    integers. Integer ids match the integer value of the key (``"000000042"`` -> 42). A string id
-    matches its key exactly or, failing that, by integer value when both are digits (id ``"0"``
-    and member ``000000000.jpg``; NeMo Curator 0.x compares ``int()`` of both), unless two ids
-    share that value. Null ids match nothing. Whole floats count as integers: an integer column
-    with a null comes out of a Parquet without pandas metadata as float64 (42.0, NaN).
+    integers. Integer ids match the integer value of a key made of ASCII digits only
+    (``"000000042"`` -> 42; ``"1_000"``, ``"+9"``, ``" 7"``, ``"١٢"`` match nothing, though
+    ``int()`` accepts them). A string id matches its key exactly or, failing that, by integer value
+    when both are ASCII digits (id ``"0"`` and member ``000000000.jpg``; NeMo Curator 0.x compares
+    ``int()`` of both), unless two ids share that value. Null ids match nothing. Whole floats count
+    as integers: an integer column with a null comes out of a Parquet without pandas metadata as
+    float64 (42.0, NaN).
     """
 
     def __init__(self, ids: list):
@@ -80,10 +105,7 @@ class KeyIndex:
 
     def position(self, tar_key: str) -> int | None:
         if self.integer:
-            try:
-                return self.positions.get(int(tar_key))
-            except ValueError:
-                return None
+            return self.positions.get(int(tar_key)) if _CANONICAL_INT.fullmatch(tar_key) else None
         pos = self.positions.get(tar_key)
         if pos is None and self.by_value and tar_key.isascii() and tar_key.isdigit():
             pos = self.by_value.get(int(tar_key))
@@ -134,20 +156,35 @@ def list_files(paths: list[str], extensions: tuple[str, ...], storage_options: d
     return found
 
 
+def max_member_bytes() -> int:
+    """The largest tar member read into memory (``$NEMO_AESTHETIC_MAX_MEMBER_BYTES`` or 256 MiB)."""
+    value = os.environ.get(MAX_MEMBER_ENV)
+    if not value:
+        return MAX_MEMBER_BYTES
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"${MAX_MEMBER_ENV} must be a number of bytes, not {value!r}") from None
+
+
 def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | None = None) -> Iterator[Sample]:
     """Yield the samples of a tar in order, grouping consecutive members that share a key.
 
     A key that comes back later in the tar yields a second :class:`Sample`; callers decide what
     a duplicate means. Names that webdataset cannot split are appended to ``skipped``.
+    A member larger than :func:`max_member_bytes`, or sparse, is skipped unread and its sample
+    carries the reason in ``refused``.
     Raises :class:`ShardReadError` (after yielding what could be read) on a broken tar; the
     sample that was being read then is yielded with ``complete=False``.
     """
     # Imported here: webdataset imports torch, which the client-side reading of metadata never needs.
     from webdataset.tariterators import base_plus_ext
 
+    limit = max_member_bytes()
     current: Sample | None = None
     try:
-        with fs.open(tar_path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*", tarinfo=_StrictTarInfo) as tar:
+        with fs.open(tar_path, "rb") as raw, _decompressed(raw) as stream, \
+                tarfile.open(fileobj=stream, mode="r|", tarinfo=_StrictTarInfo) as tar:
             for info in tar:
                 if not info.isfile():
                     continue
@@ -156,14 +193,20 @@ def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | N
                     if skipped is not None:
                         skipped.append(info.name)
                     continue
-                data = tar.extractfile(info).read()
-                if current is not None and current.key == key:
+                same = current is not None and current.key == key
+                held = sum(len(data) for _, _, data in current.members) if same else 0
+                refused = _refusal(info, limit - held)
+                # (a refused member is skipped by tarfile in bounded steps, never held)
+                data = tar.extractfile(info).read() if refused is None else b""
+                if not same:
+                    if current is not None:
+                        yield current
+                    current = Sample(key, [])
+                if refused is None:
                     current.members.append((ext, info, data))
-                    continue
-                if current is not None:
-                    yield current
-                current = Sample(key, [(ext, info, data)])
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+                else:
+                    current.refused = current.refused or refused
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as exc:
         if current is not None:
             current.complete = False
             yield current
@@ -171,6 +214,54 @@ def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | N
         raise ShardReadError(f"cannot read {posixpath.basename(tar_path)}: {type(exc).__name__}: {exc}") from exc
     if current is not None:
         yield current
+
+
+def _refusal(info: tarfile.TarInfo, room: int) -> str | None:
+    """Why a member is not read into memory (None: read it). ``room`` is what is left of the
+    limit after the sample's members already read, so one key repeated many times is bounded too."""
+    if info.issparse():
+        return (f"tar member {info.name} is a sparse file declaring {info.size} bytes: "
+                "refused (sparse members are never read)")
+    if info.size > room:
+        return (f"tar member {info.name} too large: {info.size} bytes, over the limit of "
+                f"{max_member_bytes()} bytes per sample (${MAX_MEMBER_ENV})")
+    return None
+
+
+_COMPRESSED_READERS = (
+    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+    (b"BZh", lambda raw: bz2.BZ2File(raw)),
+    (b"\xfd7zXZ\x00", lambda raw: lzma.LZMAFile(raw)),
+)
+
+
+def _decompressed(raw):
+    """``raw`` as an uncompressed stream: the standard library's reader for a compressed tar."""
+    head = raw.read(6)
+    stream = _Prefixed(head, raw)
+    for magic, reader in _COMPRESSED_READERS:
+        if head.startswith(magic):
+            return reader(stream)
+    return stream
+
+
+class _Prefixed(io.RawIOBase):
+    """The bytes already read to sniff the format, then the rest of ``raw`` (no seek needed)."""
+
+    def __init__(self, head: bytes, raw):
+        self._head, self._raw = head, raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n], self._head = self._head[:n], self._head[n:]
+            return n
+        data = self._raw.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def sample_metadata(sample: Sample, image_ext: str) -> dict:
@@ -243,10 +334,18 @@ class TarShardWriter:
         self.samples += 1
 
     def __exit__(self, exc_type, exc, tb):
-        try:
-            self._tar.close()
-        finally:
-            return self._cm.__exit__(exc_type, exc, tb)
+        # The tar's end blocks are part of the file: a failure writing them (a full disk) must
+        # reach the atomic write as an error, or it would publish a truncated tar as complete.
+        if exc_type is None:
+            try:
+                self._tar.close()
+            except BaseException as close_error:
+                self._cm.__exit__(type(close_error), close_error, close_error.__traceback__)
+                raise
+        else:  # closed all the same (into the doomed temporary file), or it retries at garbage collection
+            with contextlib.suppress(Exception):
+                self._tar.close()
+        return self._cm.__exit__(exc_type, exc, tb)
 
 
 def write_members(fs: fsspec.AbstractFileSystem, path: str, members: list[tuple[str, bytes]]) -> str:

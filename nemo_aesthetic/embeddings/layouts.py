@@ -76,12 +76,14 @@ def plan_files(fs, root: str, file_format: str, embedding_column: str = "embeddi
             files = list(pool.map(lambda pn: _parquet_file(fs, *pn, embedding_column), zip(paths, names)))
         if file_format == "parquet_npy":
             files = _pair_metadata(files, metadata_fs, metadata_root, pool)
-    widths = {f.dim for f in files}
-    if len(widths) > 1:
-        odd = next(f for f in files if f.dim != files[0].dim)
-        raise EmbeddingFileError(f"{odd.path} holds {odd.dim}-d embeddings but {files[0].path} holds "
-                                 f"{files[0].dim}-d ones: one job scores embeddings of one model")
-    return files
+    known = [f for f in files if f.dim]  # a Parquet whose embeddings are all null says no width
+    if not known:
+        raise EmbeddingFileError(f"no embeddings under {root}: every file is empty or all null")
+    odd = next((f for f in known if f.dim != known[0].dim), None)
+    if odd is not None:
+        raise EmbeddingFileError(f"{odd.path} holds {odd.dim}-d embeddings but {known[0].path} holds "
+                                 f"{known[0].dim}-d ones: one job scores embeddings of one model")
+    return [f if f.dim else dataclasses.replace(f, dim=known[0].dim) for f in files]
 
 
 def _npy_file(fs, path: str, name: str) -> EmbeddingFile:

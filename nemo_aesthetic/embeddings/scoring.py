@@ -250,8 +250,12 @@ def _metadata_batches(source, columns, embedding_column: str, batch_rows: int, f
             if not names:
                 yield None
                 return
+            empty = True
             for batch in pf.iter_batches(batch_size=batch_rows, columns=names):
+                empty = False
                 yield pa.Table.from_batches([batch])
+            if empty:  # an empty file still gets its columns
+                yield pf.schema_arrow.empty_table().select(names)
     except EmbeddingFileError:
         raise
     except Exception as exc:

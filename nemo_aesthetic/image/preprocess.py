@@ -7,8 +7,12 @@ CLIP mean/std), and they follow any other timm model's own config too, so the tr
 never written by hand here.
 
 Decoding looks at the content, not the file extension (img2dataset stores PNG, WebP or even
-HTML bodies as ``.jpg``). Anything PIL cannot decode, and any image over the pixel limit, raises
-:class:`ImageDecodeError` with a short reason that ends up in the row's ``error`` column. EXIF
+HTML bodies as ``.jpg``), but only among :data:`ALLOWED_FORMATS`: Pillow would otherwise also
+open EPS/PostScript, which it renders by starting Ghostscript (``gs``), so a ``.jpg`` member
+holding PostScript would run a program on the worker. Everything that reads image bytes from a
+dataset (both fronts, the report) opens them with :func:`open_image`. Anything we cannot decode,
+and any image over the pixel limit, raises :class:`ImageDecodeError` with a short reason that
+ends up in the row's ``error`` column. EXIF
 orientation is not applied, as in the reference, so scores match it.
 """
 from __future__ import annotations
@@ -24,6 +28,12 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 
 #: Images with more pixels than this are refused before decoding (decompression bombs).
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own Image.MAX_IMAGE_PIXELS default
+
+
+#: The Pillow formats an image from a dataset may be in (JPEG includes multi-picture MPO files).
+#: Never EPS/PS (Pillow runs Ghostscript to render them) nor any other format whose decoder
+#: starts a program or parses a document.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 class ImageDecodeError(Exception):
@@ -44,15 +54,17 @@ def pick_image(members: list[tuple[str, object, bytes]]) -> tuple[str, bytes] | 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read only the header of ``data``: the opened (not yet decoded) image, or
     :class:`ImageDecodeError` saying why it is not an image or is too large. Cheap enough to
-    check every image of a shard before any pixel is decoded."""
+    check every image of a shard before any pixel is decoded. Only :data:`ALLOWED_FORMATS` open:
+    PostScript and every other format are "not an image PIL can read"."""
     if not data:
         raise ImageDecodeError("empty image file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"not an image PIL can read (starts with {data[:12]!r})") from None
+        raise ImageDecodeError(f"not an image PIL can read (starts with {data[:12]!r}; "
+                               f"formats read: {', '.join(ALLOWED_FORMATS)})") from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image too large: {exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:

@@ -58,7 +58,8 @@ def write_report(dataset, out: str, threshold: float | None = None, top: int = 2
 
     Returns a summary dict: ``rows``, ``scored``, ``errors``, ``threshold``,
     ``threshold_is_median``, ``passing`` (scored rows >= threshold), ``images`` (thumbnails
-    shown), ``missing_images``, ``html`` and ``png`` (the paths written).
+    shown), ``missing_images``, ``html`` and ``png`` (the paths written), ``tiny`` (scored with
+    ``--tiny``'s random model: the page says so in a banner).
     """
     import fsspec
     import numpy as np
@@ -95,7 +96,10 @@ def write_report(dataset, out: str, threshold: float | None = None, top: int = 2
     thumbs = fetch_thumbnails(dataset, needed, size=thumbnail_size)
     scores = frame["score"].to_numpy(dtype=float)
     chart = histogram_png(scores, threshold, "median" if threshold_is_median else "threshold")
-    page = render_html(frame, selected, thumbs, chart, threshold, threshold_is_median, title, top)
+    from nemo_aesthetic.datasets.provenance import TINY_KEY, file_metadata
+
+    notes = file_metadata(dataset._fs_for(None)[0], dataset.shards[0].parquet) if dataset.shards else {}
+    page = render_html(frame, selected, thumbs, chart, threshold, threshold_is_median, title, top, notes)
 
     with atomic_open(fs, out_path, "wb") as f:
         f.write(page.encode("utf-8"))
@@ -115,6 +119,7 @@ def write_report(dataset, out: str, threshold: float | None = None, top: int = 2
         "missing_images": sum(1 for v in thumbs.values() if not v),
         "html": out,
         "png": histogram or None,
+        "tiny": TINY_KEY in notes,
     }
     logger.info("wrote %s (%d bytes)%s", out, len(page), f" and {histogram}" if histogram else "")
     return summary

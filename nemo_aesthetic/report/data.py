@@ -96,7 +96,9 @@ def select_rows(frame, top: int, threshold: float | None) -> dict:
 
     ``top``: the ``top`` highest scores, best first; ``bottom``: the ``top`` lowest, worst first;
     ``around``: up to ``top`` rows nearest the threshold, half just below it and half at or above
-    it (fewer on a side that has fewer), highest first. Ties break by shard then id, so the
+    it (fewer on a side that has fewer), highest first. No row is in two grids: on a small
+    dataset ``bottom`` takes from the rows ``top`` left, and ``around`` from those both left (so
+    a grid may be short or empty rather than repeat images). Ties break by shard then id, so the
     choice is deterministic.
     """
     import pandas as pd
@@ -104,9 +106,14 @@ def select_rows(frame, top: int, threshold: float | None) -> dict:
     scored = frame[frame["score"].notna()].copy()
     scored["_id"] = scored["id"].astype(str)
     desc = scored.sort_values(["score", "shard", "_id"], ascending=[False, True, True], kind="stable")
-    asc = scored.sort_values(["score", "shard", "_id"], ascending=[True, True, True], kind="stable")
-    out = {"top": desc.head(top), "bottom": asc.head(top), "around": scored.head(0)}
-    if threshold is not None and len(scored):
+    out = {"top": desc.head(top)}
+    desc = desc.iloc[len(out["top"]):]                 # what is left, highest first
+    asc = desc.sort_values(["score", "shard", "_id"], ascending=[True, True, True], kind="stable")
+    out["bottom"] = asc.head(top)
+    asc = asc.iloc[len(out["bottom"]):]                # what is left, lowest first
+    desc = desc[~desc.index.isin(out["bottom"].index)]
+    out["around"] = scored.head(0)
+    if threshold is not None and len(asc):
         above = asc[asc["score"] >= threshold]           # nearest first
         below = desc[desc["score"] < threshold]          # nearest first
         n_below = min(len(below), top // 2)

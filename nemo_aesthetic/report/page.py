@@ -70,11 +70,22 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .cards{display:flex;flex-wrap:wrap;gap:10px} .stat{border:1px solid #ddd;border-radius:6px;padding:8px 14px}
 .stat b{display:block;font-size:1.4em} .stat span{color:#666;font-size:.85em}
 img.chart{max-width:100%;height:auto}
+.tiny{background:#fff3cd;border:2px solid #c9a227;border-radius:6px;padding:8px 12px;margin:8px 0;font-weight:bold}
 """
 
 def render_html(frame, selected: dict, thumbs: dict, chart_png: bytes, threshold: float | None,
-                threshold_is_median: bool, title: str, top: int) -> str:
-    """The report page (a string) from the pieces the other helpers compute."""
+                threshold_is_median: bool, title: str, top: int, provenance: dict | None = None) -> str:
+    """The report page (a string) from the pieces the other helpers compute.
+
+    ``provenance``: the scored files' ``nemo_aesthetic.*`` metadata (``datasets.provenance``); the
+    model is named, and scores from ``--tiny``'s random model get a banner saying they mean nothing.
+    """
+    from nemo_aesthetic.datasets.provenance import MODEL_KEY, TINY_KEY
+
+    provenance = provenance or {}
+    banner = (f'<div class="tiny">NOT REAL SCORES: {_esc(provenance[TINY_KEY])}.</div>'
+              if TINY_KEY in provenance else "")
+    model = f" &middot; model <code>{_esc(provenance[MODEL_KEY])}</code>" if MODEL_KEY in provenance else ""
     import numpy as np
 
     from nemo_aesthetic import __version__
@@ -134,8 +145,9 @@ def render_html(frame, selected: dict, thumbs: dict, chart_png: bytes, threshold
     n_top, n_bottom, n_around = (len(selected[k]) for k in ("top", "bottom", "around"))
     body = f"""
 <h1>Aesthetic scores: {_esc(title)}</h1>
+{banner}
 <div class="sub">nemo_aesthetic {_esc(__version__)} &middot; {_esc(generated)} &middot; column <code>{SCORE_COLUMN}</code>
-(LAION aesthetic predictor, 0&ndash;10)</div>
+(LAION aesthetic predictor, 0&ndash;10){model}</div>
 <h2>Summary</h2>
 <div class="cards">{"".join(cards)}</div>
 <p class="note">{threshold_text}</p>

@@ -19,30 +19,13 @@ architecture above" instead of a sha256.
 from __future__ import annotations
 
 import io
-import logging
-import os
-import posixpath
-import tempfile
-import urllib.error
-import urllib.request
-import zipfile
 from typing import Callable
 
 import fsspec
 
-from nemo_aesthetic.atomic import atomic_open
 from nemo_aesthetic.image.classifiers.base import ImageClassifier
-from nemo_aesthetic.weights import (
-    HOME_ENV,
-    MIRROR_ENV,
-    NSFW_WEIGHTS,
-    WeightsUnavailableError,
-    cache_dir,
-    offline,
-    resolve_weights,
-)
+from nemo_aesthetic.weights import NSFW_WEIGHTS, resolve_weights
 
-logger = logging.getLogger(__name__)
 
 EMBEDDING_SIZE = 768
 
@@ -87,65 +70,9 @@ def load_nsfw_model(source):
 
 def resolve_nsfw_weights(model_path: str | None = None, directory: str | None = None,
                          timeout: float = 60.0) -> str:
-    """The local path of the NSFW weights, downloading (zip), extracting and verifying if needed."""
-    spec = NSFW_WEIGHTS
-    if model_path is not None:
-        return resolve_weights(spec, model_path)  # must exist; used as given
-    directory = directory or cache_dir()
-    path = os.path.join(directory, spec.filename)
-    url = _zip_url()
-    problem = None
-    if os.path.exists(path):
-        try:
-            load_nsfw_model(path)
-            return path
-        except ValueError as exc:
-            problem = f"the cached file {path} does not load ({exc})"
-            logger.warning("%s; downloading it again from %s", problem, url)
-    if offline():
-        raise WeightsUnavailableError(_missing_message(path, directory, url, problem, "offline mode is set"))
-    try:
-        _download_and_extract(url, path, timeout)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, urllib.error.URLError) as exc:
-        raise WeightsUnavailableError(_missing_message(path, directory, url, problem, str(exc))) from exc
-    return path
-
-
-def _zip_url() -> str:
-    mirror = os.environ.get(MIRROR_ENV)
-    return f"{mirror.rstrip('/')}/{posixpath.basename(NSFW_WEIGHTS.url)}" if mirror else NSFW_WEIGHTS.url
-
-
-def _download_and_extract(url: str, path: str, timeout: float) -> None:
-    logger.info("downloading %s -> %s", url, path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with tempfile.TemporaryFile() as archive:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                archive.write(block)
-        archive.seek(0)
-        with zipfile.ZipFile(archive) as zf:
-            members = [m for m in zf.namelist()
-                       if posixpath.basename(m) == NSFW_WEIGHTS.filename and "__MACOSX" not in m]
-            if not members:
-                raise KeyError(f"the zip has no {NSFW_WEIGHTS.filename} (members: {zf.namelist()[:10]})")
-            data = zf.read(members[0])
-    load_nsfw_model(io.BytesIO(data))  # verify before anything is written to the cache
-    with atomic_open(fsspec.filesystem("file"), path, "wb") as out:
-        out.write(data)
-
-
-def _missing_message(path: str, directory: str, url: str, problem: str | None, reason: str) -> str:
-    lines = [f"{NSFW_WEIGHTS.description}: weights file {NSFW_WEIGHTS.filename} is not available."]
-    if problem:
-        lines.append(f"Problem: {problem}.")
-    lines += [
-        f"Download failed: {reason}.",
-        f"Place the file at {path} (directory {directory}, set by ${HOME_ENV}),",
-        f"extracted from {url} (no published checksum: the file is checked by loading it),",
-        "or pass model_path= with its location.",
-    ]
-    return "\n".join(lines)
+    """The local path of the NSFW weights, downloaded (zip), extracted and checked by loading them
+    if needed (:func:`nemo_aesthetic.weights.resolve_weights` does the work)."""
+    return resolve_weights(NSFW_WEIGHTS, model_path, directory, timeout, verify=load_nsfw_model)
 
 
 class NsfwClassifier(ImageClassifier):

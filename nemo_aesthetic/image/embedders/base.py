@@ -10,7 +10,8 @@ For each metadata partition, on the worker that holds it, :mod:`nemo_aesthetic.e
 
 Subclasses plug into the engine through :meth:`ImageEmbedder.iter_shard_items` (where samples
 come from), :meth:`ImageEmbedder.make_batch_preprocessor` (how a batch is decoded) and
-``_embed_partition``'s ``on_batch`` (progress after each model batch).
+``_embed_partition``'s ``on_batch`` (progress after each model batch; every shard also publishes
+its per-image progress as data, see :mod:`nemo_aesthetic.progress`).
 
 Every row comes out. A row whose image is missing, undecodable, too large, duplicated or in an
 unreadable tar keeps its metadata and gets a null embedding/score and a reason in ``error``.
@@ -40,6 +41,7 @@ from nemo_aesthetic.distributed import load_object_on_worker
 from nemo_aesthetic.engine import (BatchPreprocessor, SeenKeys, ShardColumns, default_device, embed_stream,
                                    make_forward, read_shard)
 from nemo_aesthetic.image.preprocess import DEFAULT_MAX_PIXELS
+from nemo_aesthetic.progress import ShardProgress
 
 logger = logging.getLogger(__name__)
 
@@ -168,13 +170,20 @@ class ImageEmbedder(ABC):
         ids = frames.column_values(host[id_col])
         statuses = _img2dataset_statuses(host)
         start = time.perf_counter()
+        shard_progress = ShardProgress(shard_name, len(ids))  # per-image progress, as Dask events
+
+        def batch_done(batch):
+            shard_progress(batch)
+            if on_batch is not None:
+                on_batch(batch)
+
         if self._reads_its_own_shards():
             from nemo_aesthetic.image.embedders.shard_batches import embed_user_batches
 
             run, tar_name = embed_user_batches(self, ids, tar_path, id_col, self.classifiers)
             run.finish(tar_name or shard_name, statuses)
         else:
-            run = self._run_engine(ids, shard_name, tar_path, storage_options, on_batch)
+            run = self._run_engine(ids, shard_name, tar_path, storage_options, batch_done)
             run.finish(posixpath.basename(tar_path or shard_name), statuses)
         elapsed = time.perf_counter() - start
         logger.info("shard %s: %d rows, %d scored, %d errors, %d tar samples without a row, %.1f images/s",
@@ -183,6 +192,7 @@ class ImageEmbedder(ABC):
         if run.unmatched:
             logger.warning("shard %s: %d tar sample(s) have no metadata row and were not scored (e.g. %s)",
                            shard_name, run.unmatched, run.unmatched_examples)
+        shard_progress.finish()  # after the log lines: a watcher that saw it has seen them too
 
         out = df.drop(columns=[c for c in (self.image_embedding_column, ERROR_COLUMN, *run.scores)
                                if c in df.columns])

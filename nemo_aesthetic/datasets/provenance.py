@@ -1,0 +1,71 @@
+"""Where a metadata Parquet came from, recorded in its own key-value metadata.
+
+``save_metadata(path)`` can write a dataset's metadata away from its tars (``nemo-aesthetic score
+DS --out DIR``). Each file it writes records the directory of the tars it describes under
+:data:`SOURCE_KEY` (an absolute path or fsspec URL), so ``from_webdataset(DIR)`` finds the images
+again and ``report`` and ``filter`` work on DIR as on DS. Callers can add their own keys
+(``save_metadata(file_metadata=...)``); the CLI records the model under :data:`MODEL_KEY` and,
+for ``--tiny``'s random model, :data:`TINY_KEY`, so every later reader can say so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import posixpath
+
+import fsspec
+import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+
+SOURCE_KEY = "nemo_aesthetic.source"
+MODEL_KEY = "nemo_aesthetic.model"
+TINY_KEY = "nemo_aesthetic.tiny"
+
+
+def source_of(fs, tar_files) -> str | None:
+    """The directory of the first tar, as a URL another process can open (None without tars)."""
+    tar = next((t for t in tar_files if t is not None), None)
+    if tar is None:
+        return None
+    directory = posixpath.dirname(tar)
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return directory if "file" in protocols else fs.unstrip_protocol(directory)
+
+
+def with_file_metadata(table, extra: dict[str, str]):
+    """``table`` with ``extra`` added to its schema's key-value metadata (strings, UTF-8)."""
+    if not extra:
+        return table
+    merged = dict(table.schema.metadata or {})
+    merged.update({k.encode(): str(v).encode() for k, v in extra.items()})
+    return table.replace_schema_metadata(merged)
+
+
+def file_metadata(fs, parquet_path: str) -> dict[str, str]:
+    """The ``nemo_aesthetic.*`` key-value metadata of one Parquet file."""
+    with fs.open(parquet_path, "rb") as f:
+        meta = pq.read_schema(f).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"nemo_aesthetic.")}
+
+
+def tars_from_source(fs, shards: list, storage_options: dict) -> list:
+    """Shards without tars get the tars their Parquet's recorded source holds (same filesystem)."""
+    if not shards or any(s.tar is not None for s in shards):
+        return shards
+    source = file_metadata(fs, shards[0].parquet).get(SOURCE_KEY)
+    if not source:
+        return shards
+    src_fs, src_root = fsspec.core.url_to_fs(source, **storage_options)
+    if src_fs.protocol != fs.protocol:
+        logger.warning("the metadata's images are in %s, another filesystem than the metadata's; "
+                       "open that directory instead", source)
+        return shards
+    src_root = src_root.rstrip("/")
+    found = [dataclasses.replace(s, tar=f"{src_root}/{s.name}.tar") for s in shards]
+    present = [s for s in found if src_fs.exists(s.tar)]
+    if not present:
+        logger.warning("the metadata was scored from %s, which no longer holds its tars", source)
+        return shards
+    logger.info("metadata only: reading the images from the tars in %s (recorded when it was scored)", source)
+    return [s if s in present else dataclasses.replace(s, tar=None) for s in found]
