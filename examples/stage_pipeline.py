@@ -2,8 +2,9 @@
 
     python examples/stage_pipeline.py /path/to/tar_dataset /path/to/models
 
-``/path/to/models`` is the Hugging Face cache for the CLIP model (timm downloads
-``timm/vit_large_patch14_clip_224.openai`` into it when online) and holds
+``/path/to/models`` is NeMo Curator 1.x's model_dir (``openai/clip-vit-large-patch14`` in Hugging
+Face format, ``ttj/sac-logos-ava1-l14-linearMSE/model.safetensors``), or a Hugging Face cache for
+timm's CLIP model (``timm/vit_large_patch14_clip_224.openai``) holding
 ``sac+logos+ava1-l14-linearMSE.pth`` (else the default ``$NEMO_AESTHETIC_HOME`` copy is used,
 downloaded and verified if absent). Runs on the current Dask client, or starts a local cluster.
 """

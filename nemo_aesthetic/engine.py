@@ -40,7 +40,7 @@ from typing import Any, Callable, Hashable, Iterable, Iterator
 import numpy as np
 
 from nemo_aesthetic.datasets.shards import KeyIndex, Sample, ShardReadError, iter_samples
-from nemo_aesthetic.image.preprocess import ImageDecodeError, pick_image
+from nemo_aesthetic.image.preprocess import ImageDecodeError, open_image, pick_image
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,18 @@ class ShardItem:
             return self.sample.refused
         if self.image is None:
             return f"sample has no image member (has: {', '.join(self.sample.extensions())})"
+        return None
+
+    def check(self, max_pixels: int) -> str | None:
+        """Why this sample cannot be passed on as a whole image (None if it can): :attr:`problem`,
+        a sample cut off by a broken tar (members after the break may be missing), or an image
+        member whose header is not an image or is over ``max_pixels`` (nothing is decoded)."""
+        if self.problem or not self.sample.complete:
+            return self.problem or "sample cut off where the tar is damaged (members after the damage are missing)"
+        try:
+            open_image(self.image[1], max_pixels)
+        except ImageDecodeError as exc:
+            return str(exc)
         return None
 
 

@@ -28,7 +28,7 @@ class DaskExecutor(BaseExecutor):
         super().__init__(config, **{k: v for k, v in options.items() if k == "ignore_head_node"})
         self.client = client
         if self.upstream_name:
-            logger.info("%s runs this pipeline on Dask (nemo_aesthetic's engine; no Ray or Xenna needed)",
+            logger.warning("%s runs this pipeline on Dask (nemo_aesthetic's engine; no Ray or Xenna needed)",
                         self.upstream_name)
 
     def execute(self, stages: list, initial_tasks: list | None = None) -> list:

@@ -24,6 +24,7 @@ import http.client
 import sys
 
 from nemo_aesthetic.cli import demo, filter, report, score, score_embeddings
+from nemo_aesthetic.cli.cluster import quiet_teardown
 from nemo_aesthetic.cli.console import cli_logging
 from nemo_aesthetic.cli.options import DEFAULT_MODEL, PROG, TINY_KWARGS, TINY_MODEL, Parser, UsageError
 from nemo_aesthetic.weights import WeightsUnavailableError
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return args.func(args) or 0
         except KeyboardInterrupt:
+            quiet_teardown()  # (tasks of the interrupted run are still being garbage-collected)
             print(f"{PROG}: interrupted", file=sys.stderr)
             return 130
         except (UsageError, WeightsUnavailableError, OSError, ValueError, KeyError, ImportError,

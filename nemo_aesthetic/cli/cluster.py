@@ -54,6 +54,9 @@ def dask_client(cluster: str, scheduler_file: str | None, workers: int | None, n
         client.register_plugin(_WorkerLogLevel(level))
         client.forward_logging("nemo_aesthetic", level=level)
         yield client
+    except KeyboardInterrupt:
+        quiet_teardown()
+        raise
     finally:
         # Workers that take a few seconds to exit get killed by their nanny with a WARNING: the
         # results are already written by then, so that message is only noise here.
@@ -62,3 +65,12 @@ def dask_client(cluster: str, scheduler_file: str | None, workers: int | None, n
         client.close()
         if started is not None:
             started.close()
+
+
+def quiet_teardown() -> None:
+    """After Ctrl-C (which reaches the local cluster's processes too), silence what asyncio and
+    distributed log while the interrupted run is torn down: tasks cancelled mid-gather ("Task
+    exception was never retrieved"), comms closed under the workers. The data written so far is
+    whole; those tracebacks only hid the one line that says the run was interrupted."""
+    for name in ("asyncio", "distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)

@@ -139,6 +139,23 @@ def discover_shards(fs: fsspec.AbstractFileSystem, root: str) -> list[Shard]:
     ]
 
 
+def list_files(paths: list[str], extensions: tuple[str, ...], storage_options: dict) -> list[tuple[str, int]]:
+    """``(path, size)`` of every file under ``paths`` (directories searched recursively) whose name
+    ends with one of ``extensions``, in name order; temporary and ``._*`` files are left out, and
+    paths given as URLs come back as URLs."""
+    found = []
+    for path in paths:
+        fs, root = fsspec.core.url_to_fs(path, **storage_options)
+        if not fs.exists(root):
+            raise FileNotFoundError(f"path does not exist: {path}")
+        infos = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
+        for p, info in sorted(infos.items()):
+            base = posixpath.basename(p)
+            if not is_temporary(base) and not base.startswith("._") and base.lower().endswith(extensions):
+                found.append((fs.unstrip_protocol(p) if "://" in path else p, int(info.get("size") or 0)))
+    return found
+
+
 def max_member_bytes() -> int:
     """The largest tar member read into memory (``$NEMO_AESTHETIC_MAX_MEMBER_BYTES`` or 256 MiB)."""
     value = os.environ.get(MAX_MEMBER_ENV)

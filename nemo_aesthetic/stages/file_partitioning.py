@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask.utils
-import fsspec
 
-from nemo_aesthetic.atomic import is_temporary
+from nemo_aesthetic.datasets.shards import list_files
 from nemo_aesthetic.stages.base import ProcessingStage, logger
 from nemo_aesthetic.stages.resources import Resources
 from nemo_aesthetic.tasks import FileGroupTask
@@ -41,18 +40,11 @@ class FilePartitioningStage(ProcessingStage):
         self.resources = Resources(cpus=0.5)
 
     def list_files(self) -> list[tuple[str, int]]:
-        """``(path, size)`` of every matching file, in name order."""
-        found = []
-        for path in [self.file_paths] if isinstance(self.file_paths, str) else list(map(str, self.file_paths)):
-            fs, root = fsspec.core.url_to_fs(path, **self.storage_options)
-            if not fs.exists(root):
-                raise FileNotFoundError(f"FilePartitioningStage: path does not exist: {path}")
-            infos = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
-            for p, info in sorted(infos.items()):
-                base = posixpath.basename(p)
-                if not is_temporary(base) and not base.startswith("._") and base.lower().endswith(tuple(self.file_extensions)):
-                    found.append((fs.unstrip_protocol(p) if "://" in path else p, int(info.get("size") or 0)))
-        return found
+        paths = [self.file_paths] if isinstance(self.file_paths, str) else list(map(str, self.file_paths))
+        try:
+            return list_files(paths, tuple(self.file_extensions), self.storage_options)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"FilePartitioningStage: {exc}") from None
 
     def process(self, _=None) -> list[FileGroupTask]:
         files = self.list_files()

@@ -79,6 +79,22 @@ class ImageObject:
         picked = pick_image(sample.members)
         return picked[1] if picked else None
 
+    def tar_members(self, encode) -> list[tuple[str, bytes]]:
+        """What a writer puts in a tar for this image: the original members under the image id,
+        image first (no re-encoding, captions kept), else the pixels as ``encode(pixels) ->
+        (bytes, extension)`` makes them."""
+        sample = self._sample
+        if sample is not None:
+            from nemo_aesthetic.image.preprocess import pick_image
+
+            image_ext = pick_image(sample.members)[0]
+            return sorted(((f"{self.image_id}.{ext}", data) for ext, _, data in sample.members),
+                          key=lambda member: not member[0].endswith("." + image_ext))
+        if self.image_data is None:
+            raise ValueError("ImageObject.image_data is None; cannot write image bytes")
+        payload, ext = encode(self.image_data)
+        return [(f"{self.image_id}{ext}", payload)]
+
     @property
     def caption(self) -> str | None:
         return self.metadata.get("caption")

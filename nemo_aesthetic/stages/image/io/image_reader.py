@@ -7,7 +7,7 @@ import fsspec
 
 from nemo_aesthetic.datasets.shards import ShardReadError, sample_metadata
 from nemo_aesthetic.engine import read_shard
-from nemo_aesthetic.image.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, open_image
+from nemo_aesthetic.image.preprocess import DEFAULT_MAX_PIXELS
 from nemo_aesthetic.stages.base import ProcessingStage, logger
 from nemo_aesthetic.tasks import FileGroupTask, ImageBatch, ImageObject
 
@@ -59,20 +59,16 @@ class ImageReaderStage(ProcessingStage):
                         batch = ImageBatch(dataset_name=task.dataset_name, data=[], _metadata=dict(task._metadata))
             except ShardReadError as exc:
                 logger.error("%s: %s; keeping the samples read before it", self.name, exc)
+            if self.verbose:
+                logger.info("%s: read %s", self.name, path)
         if batch.data or batch.errors:
             yield batch
 
     def _add(self, batch: ImageBatch, item, path: str) -> None:
-        reason = item.problem or (None if item.sample.complete else
-                                  "sample cut off where the tar is damaged (members after the damage are missing)")
-        try:
-            reason or open_image(item.image[1], self.max_pixels)
-        except ImageDecodeError as exc:
-            reason = str(exc)
+        reason = item.check(self.max_pixels)
         if reason:
             logger.warning("%s: dropped image %s of %s: %s", self.name, item.key, path, reason)
             batch.errors.append((item.key, reason))
-            return
-        image = ImageObject.from_sample(item.sample, f"{path}/{item.key}.{item.image[0]}",
-                                        sample_metadata(item.sample, item.image[0]))
-        batch.data.append(image)
+        else:
+            batch.data.append(ImageObject.from_sample(item.sample, f"{path}/{item.key}.{item.image[0]}",
+                                                      sample_metadata(item.sample, item.image[0])))

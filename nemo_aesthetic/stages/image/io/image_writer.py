@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import fsspec
 
 from nemo_aesthetic.datasets.shards import write_members, write_rows
-from nemo_aesthetic.image.preprocess import encode_jpeg, pick_image
+from nemo_aesthetic.image.preprocess import encode_jpeg
 from nemo_aesthetic.stages.base import ProcessingStage, logger
 from nemo_aesthetic.tasks import FileGroupTask, ImageBatch
 from nemo_aesthetic.tasks.image import image_rows
@@ -54,17 +54,6 @@ class ImageWriterStage(ProcessingStage):
     def _encode_image_to_bytes(self, image) -> tuple[bytes, str]:
         return encode_jpeg(image), ".jpg"
 
-    def _members(self, image) -> list[tuple[str, bytes]]:
-        sample = image._sample
-        if sample is not None:  # the image member first: it is the row's member_name
-            image_ext = pick_image(sample.members)[0]
-            return sorted(((f"{image.image_id}.{ext}", data) for ext, _, data in sample.members),
-                          key=lambda member: not member[0].endswith("." + image_ext))
-        if image.image_data is None:
-            raise ValueError("ImageObject.image_data is None; cannot write image bytes")
-        payload, ext = self._encode_image_to_bytes(image.image_data)
-        return [(f"{image.image_id}{ext}", payload)]
-
     def _write_tar(self, base_name: str, members: list[tuple[str, bytes]]) -> str:
         path = posixpath.join(self._root, f"{base_name}.tar")
         if self._fs.exists(path):
@@ -81,7 +70,7 @@ class ImageWriterStage(ProcessingStage):
         base, tars, parquets = self.construct_base_name(task), [], []
         for n, start in enumerate(range(0, len(task.data), self.images_per_tar)):
             chunk = task.data[start:start + self.images_per_tar]
-            members = [self._members(image) for image in chunk]
+            members = [image.tar_members(self._encode_image_to_bytes) for image in chunk]
             tar = self._write_tar(f"{base}-{n:06d}", [m for ms in members for m in ms])
             tars.append(tar)
             parquets.append(self._write_parquet(f"{base}-{n:06d}", image_rows(chunk, members, tar)))
