@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -23,6 +24,20 @@ class _WorkerLogLevel(WorkerPlugin):
 
     def setup(self, worker):
         logging.getLogger("nemo_aesthetic").setLevel(self.level)
+
+
+class _LeaveInterruptToTheCommand(WorkerPlugin):
+    """Workers of a cluster the command started ignore SIGINT.
+
+    Ctrl-C in a terminal reaches the whole process group, the local cluster's worker processes
+    included; each then died on its own KeyboardInterrupt with a multiprocessing traceback,
+    racing the command's orderly shutdown. The command alone handles the interrupt and closes
+    its cluster, which stops the workers."""
+
+    name = "nemo-aesthetic-leave-interrupt-to-command"
+
+    def setup(self, worker):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker's event loop runs in its main thread
 
 
 @contextlib.contextmanager
@@ -53,7 +68,10 @@ def dask_client(cluster: str, scheduler_file: str | None, workers: int | None, n
         level = logging.WARNING if quiet else logging.INFO
         client.register_plugin(_WorkerLogLevel(level))
         client.forward_logging("nemo_aesthetic", level=level)
-        yield client
+        if started is not None:
+            client.register_plugin(_LeaveInterruptToTheCommand())
+        with _silenced_on_interrupt():
+            yield client
     except KeyboardInterrupt:
         quiet_teardown()
         raise
@@ -65,6 +83,28 @@ def dask_client(cluster: str, scheduler_file: str | None, workers: int | None, n
         client.close()
         if started is not None:
             started.close()
+
+
+@contextlib.contextmanager
+def _silenced_on_interrupt():
+    """Silence the teardown noise the moment Ctrl-C arrives, before the interrupt unwinds
+    through distributed's ``sync``: cancelling the gather there already makes asyncio log
+    "Task exception was never retrieved" for each shard, ahead of any ``except`` of ours."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        quiet_teardown()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def quiet_teardown() -> None:
