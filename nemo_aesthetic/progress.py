@@ -59,27 +59,44 @@ class subscribe_local:
 
 
 class ShardProgress:
-    """The engine's ``on_batch`` callback for one shard: publishes its progress, throttled."""
+    """The engine's ``on_batch`` callback for one shard: publishes its progress, throttled.
 
-    def __init__(self, shard: str, rows: int, interval: float = PUBLISH_INTERVAL):
-        self.shard, self.rows, self.interval = shard, rows, interval
+    ``rows`` None: the shard's size is not known ahead (the stage front streams it); ``done``
+    then counts what the callback heard, and :meth:`finish` reports that count. ``start``
+    continues a count over several streams of the same shard (the stage front embeds a
+    partition a reader batch at a time).
+    """
+
+    def __init__(self, shard: str, rows: int | None, interval: float = PUBLISH_INTERVAL, start: int = 0):
+        self.shard, self.rows, self.interval, self.start = shard, rows, interval, start
         self.last = None
+        self.done = start
 
     def __call__(self, batch) -> None:
+        self.done = self.start + batch.total_images + batch.total_failed
+        if self.rows is not None:
+            self.done = min(self.rows, self.done)
         now = time.monotonic()
         if self.last is None or now - self.last >= self.interval:
             self.last = now
-            done = min(self.rows, batch.total_images + batch.total_failed)
-            publish({"shard": self.shard, "rows": self.rows, "done": done, "finished": False})
+            publish({"shard": self.shard, "rows": self.rows, "done": self.done, "finished": False})
+
+    def advance(self, rows: int) -> None:
+        """``rows`` more were dealt with by the stream that just ended: a later stream of the
+        same shard counts on from there (its own totals restart at zero)."""
+        self.start += rows
+        self.done = self.start if self.rows is None else min(self.rows, self.start)
 
     def finish(self) -> None:
-        publish({"shard": self.shard, "rows": self.rows, "done": self.rows, "finished": True})
+        done = self.done if self.rows is None else self.rows
+        publish({"shard": self.shard, "rows": self.rows, "done": done, "finished": True})
 
 
 class ProgressTally:
-    """Progress messages of a job -> rows done, rate and ETA (thread-safe; messages may repeat)."""
+    """Progress messages of a job -> rows done, rate and ETA (thread-safe; messages may repeat).
+    ``total_rows`` None: not known ahead (no percentage or ETA then)."""
 
-    def __init__(self, total_rows: int, total_shards: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, total_rows: int | None, total_shards: int, clock: Callable[[], float] = time.monotonic):
         self.total_rows, self.total_shards, self.clock = total_rows, total_shards, clock
         self.done: dict[str, int] = {}
         self.finished: set[str] = set()
@@ -117,14 +134,16 @@ class ProgressTally:
             rows = self.rows_done - self.first[1]
         return rows / seconds if seconds > 0.5 and rows > 0 else None
 
-    def line(self) -> str:
-        """One human line: ``1,234/5,000 images (24.7%)  0.52 images/s  ETA 2h01m  3/10 shards``."""
+    def line(self, unit: str = "shards") -> str:
+        """One human line: ``1,234/5,000 images (24.7%)  0.52 images/s  ETA 2h01m  3/10 shards``
+        (``1,234 images  0.52 images/s  3/10 partitions`` when the total is not known)."""
         done, total = self.rows_done, self.total_rows
         share = f" ({100 * done / total:.1f}%)" if total else ""
         rate = self.rate()
         speed = f"  {rate:.2f} images/s" if rate else ""
-        eta = f"  ETA {format_seconds((total - done) / rate)}" if rate and total >= done else ""
-        return f"{done:,}/{total:,} images{share}{speed}{eta}  {len(self.finished)}/{self.total_shards} shards"
+        eta = f"  ETA {format_seconds((total - done) / rate)}" if rate and total and total >= done else ""
+        count = f"{done:,}/{total:,}" if total is not None else f"{done:,}"
+        return f"{count} images{share}{speed}{eta}  {len(self.finished)}/{self.total_shards} {unit}"
 
 
 def format_seconds(seconds: float) -> str:

@@ -8,14 +8,22 @@ pass through the scheduler. Models load once per worker process (``load_object_o
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Iterable, Iterator
 
+from nemo_aesthetic import progress
 from nemo_aesthetic.backends.base import BaseExecutor, WorkerMetadata
+from nemo_aesthetic.progress import ShardProgress
 from nemo_aesthetic.tasks import EmptyTask
 
 logger = logging.getLogger("nemo_aesthetic")
+
+#: Seconds between two "pipeline progress" log lines.
+PROGRESS_LOG_INTERVAL = 10.0
+#: Seconds the executor waits, once the results are in, for the last progress events.
+FINAL_EVENTS_WAIT = 2.0
 
 
 class DaskExecutor(BaseExecutor):
@@ -52,17 +60,25 @@ class DaskExecutor(BaseExecutor):
                 cluster.close()
 
 
-def run_partition(stages: list, task) -> list:
-    """On the worker: set the stages up, stream one partition through them, tear them down."""
-    metadata = WorkerMetadata(worker_id=_worker_id())
+def run_partition(stages: list, task, label: str | None = None) -> list:
+    """On the worker: set the stages up, stream one partition through them, tear them down.
+
+    The stages find the partition's :class:`~nemo_aesthetic.progress.ShardProgress` (named
+    ``label``) in ``worker_metadata.extra["progress"]``: the embedding stage reports each model
+    batch to it, and it says the partition is finished here, when the last stage is done.
+    """
+    tracker = ShardProgress(label or task.task_id or "partition", None)
+    metadata = WorkerMetadata(worker_id=_worker_id(), extra={"progress": tracker})
     for stage in stages:
         stage.setup_on_node(None, metadata)
         stage.setup(metadata)
     try:
-        return list(stream(stages, [task]))
+        outputs = list(stream(stages, [task]))
     finally:
         for stage in stages:
             stage.teardown()
+    tracker.finish()
+    return outputs
 
 
 def stream(stages: list, tasks: Iterable) -> Iterator:
@@ -82,20 +98,54 @@ def _run_on(client, stages, tasks) -> list:
 
     resources = gpu_resources(client, stages)
     start = time.perf_counter()
-    futures = [client.submit(run_partition, stages, task, key=f"pipeline-partition-{task.task_id}-{id(task)}",
-                             pure=False, resources=resources) for task in tasks]
+    futures = [client.submit(run_partition, stages, task, f"{task.dataset_name}/{i}",
+                             key=f"pipeline-partition-{task.task_id}-{id(task)}", pure=False, resources=resources)
+               for i, task in enumerate(tasks)]
     order = {f.key: i for i, f in enumerate(futures)}
     results: list = [None] * len(futures)
     try:
-        for done, future in enumerate(as_completed(futures), 1):
-            results[order[future.key]] = future.result()  # raises the partition's error
-            logger.info("pipeline: partition %d/%d done", done, len(futures))
+        with logged_progress(client, len(futures)):
+            for done, future in enumerate(as_completed(futures), 1):
+                results[order[future.key]] = future.result()  # raises the partition's error
+                logger.info("pipeline: partition %d/%d done", done, len(futures))
     except BaseException:
         client.cancel(futures)
         raise
     flat = [t for out in results for t in out]
     logger.info("pipeline: %d output task(s) in %.1fs", len(flat), time.perf_counter() - start)
     return flat
+
+
+@contextlib.contextmanager
+def logged_progress(client, partitions: int, interval: float = PROGRESS_LOG_INTERVAL):
+    """Log how many images the pipeline has dealt with, and how fast, at most every ``interval``
+    seconds, from the progress events its workers publish (:mod:`nemo_aesthetic.progress`).
+
+    A client has one handler per topic, and distributed keeps a handler after
+    ``unsubscribe_topic``: if this client has ever had one for the topic, it is left alone (the
+    user listens themselves) and nothing is logged."""
+    handlers = getattr(client, "_event_handlers", {})  # distributed has no public way to ask
+    if progress.TOPIC in handlers:
+        logger.debug("pipeline: this client has its own handler for %s; no progress lines", progress.TOPIC)
+        yield None
+        return
+    tally, last = progress.ProgressTally(None, partitions), [time.monotonic()]
+
+    def hear(event) -> None:
+        tally.add(event[1])
+        if time.monotonic() - last[0] >= interval:
+            last[0] = time.monotonic()
+            logger.info("pipeline progress: %s", tally.line("partitions"))
+
+    client.subscribe_topic(progress.TOPIC, hear)
+    try:
+        yield tally
+        # Events travel apart from the results: give the last ones a moment, then sum up.
+        if tally.all_finished.wait(timeout=FINAL_EVENTS_WAIT):
+            logger.info("pipeline progress: %s", tally.line("partitions"))
+    finally:
+        client.unsubscribe_topic(progress.TOPIC)
+        handlers.pop(progress.TOPIC, None)  # ours: a later run may subscribe again
 
 
 def gpu_resources(client, stages) -> dict | None:

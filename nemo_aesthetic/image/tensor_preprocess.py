@@ -315,6 +315,11 @@ class DeviceBatchPreprocessor(BatchPreprocessor):
 
         return wait
 
+    def place(self, tensor):
+        import torch
+
+        return tensor.to(self.batcher.device, self.dtype or torch.float32)
+
     def _prepare(self, payloads: list[bytes]):
         import torch
 

@@ -94,23 +94,51 @@ class HFClipEmbedder(TimmImageEmbedder):
         return super().model_cache_key(device) + "-" + os.path.abspath(self.folder)
 
 
+class ImageObjectPreprocessor(BatchPreprocessor):
+    """ImageObjects -> model inputs: those with their original bytes through ``decoder`` (the
+    embedder's batch decoder), those that only have pixels through ``from_pixels`` in threads,
+    placed on the decoder's device and dtype so that one model batch can hold both kinds."""
+
+    def __init__(self, decoder: BatchPreprocessor, from_pixels):
+        super().__init__(lambda pixels: decoder.place(from_pixels(pixels)), decoder.threads)
+        self.decoder = decoder
+
+    def start(self, images: list):
+        raw = [None if im.has_pixels else im.image_bytes for im in images]
+        from_bytes = [b for b in raw if b is not None]
+        pixels = [im.image_data for im, b in zip(images, raw) if b is None]
+        wait_bytes = self.decoder.start(from_bytes) if from_bytes else list
+        wait_pixels = super().start(pixels) if pixels else list
+
+        def wait() -> list:
+            decoded, converted = iter(wait_bytes()), iter(wait_pixels())
+            return [next(decoded) if b is not None else next(converted) for b in raw]
+
+        return wait
+
+    def close(self) -> None:
+        self.decoder.close()
+        super().close()
+
+
 class CLIPImageEmbeddings(ModelInterface):
     """``model(images)`` -> L2-normalised CLIP ViT-L/14 image embeddings (a ``(n, d)`` tensor).
 
     ``images``: a list of ``(H, W, 3)`` uint8 arrays (any sizes), an ``(N, H, W, 3)`` array, or
     :meth:`embed_images` for :class:`~nemo_aesthetic.tasks.ImageObject` s (bytes stream through
-    the engine, failures come back with their reasons). Keyword arguments beyond upstream's:
-    ``model_name``/``model_kwargs`` (timm), ``checkpoint_path``, ``device``, ``num_threads``,
-    ``autocast``.
+    the engine, failures come back with their reasons). Keyword arguments beyond upstream's, as
+    :class:`~nemo_aesthetic.image.embedders.TimmImageEmbedder` has them: ``model_name`` and
+    ``model_kwargs`` (timm), ``checkpoint_path``, ``device``, ``num_threads`` (decode threads),
+    ``autocast`` (bf16 on CUDA), ``decode`` ("auto": nvJPEG batches on CUDA, PIL on the CPU).
     """
 
     def __init__(self, model_dir: str | None = None, model_name: str = DEFAULT_TIMM_MODEL,
                  model_kwargs: dict | None = None, checkpoint_path: str | None = None, device: str | None = None,
-                 num_threads: int = 4, autocast: bool = True):
+                 num_threads: int = 4, autocast: bool = True, decode: str = "auto"):
         self.model_dir = None if model_dir is None else str(model_dir)
         self.device = device or default_device()
         hf_folder = os.path.join(self.model_dir, CLIP_MODEL_ID) if self.model_dir else None
-        options = dict(num_threads_per_worker=num_threads, autocast=autocast, device=self.device)
+        options = dict(num_threads_per_worker=num_threads, autocast=autocast, device=self.device, decode=decode)
         if checkpoint_path is None and hf_folder and os.path.exists(os.path.join(hf_folder, "config.json")):
             self.embedder = HFClipEmbedder(hf_folder, **options)
         else:
@@ -152,15 +180,16 @@ class CLIPImageEmbeddings(ModelInterface):
         except Exception as exc:  # e.g. a shape PIL cannot take
             raise ImageDecodeError(f"preprocessing failed: {type(exc).__name__}: {exc}") from None
 
-    def _from_object(self, image):
-        data = None if image.has_pixels else image.image_bytes
-        return self.preprocess(data) if data is not None else self.from_pixels(image.image_data)
-
     def embed_images(self, images: Iterable, batch_size: int, on_error, on_batch=None) -> Iterator[EmbeddedBatch]:
-        """ImageObjects -> engine batches (tags are the ImageObjects); failures to ``on_error``."""
+        """ImageObjects -> engine batches (tags are the ImageObjects); failures to ``on_error``.
+
+        Original bytes are decoded by the embedder's own batch decoder, as in the legacy front
+        (nvJPEG a batch at a time on a GPU worker); pixel-only images join the same batches.
+        """
         if self.clip is None:
             self.setup()
-        with BatchPreprocessor(self._from_object, self.embedder.num_threads_per_worker) as pre:
+        decoder = self.embedder.make_batch_preprocessor(self.clip, self.preprocess, self.device)
+        with ImageObjectPreprocessor(decoder, self.from_pixels) as pre:
             yield from embed_stream(((im, im) for im in images), pre, self.forward, batch_size, on_error, on_batch)
 
     def __call__(self, images):
@@ -176,3 +205,17 @@ class CLIPImageEmbeddings(ModelInterface):
     @classmethod
     def download_weights_on_node(cls, model_dir: str | None) -> None:
         """Hugging Face format weights are used where they are; otherwise timm fetches them on load."""
+
+
+def embedding_batches(model, images: list, batch_size: int, on_error, on_batch=None) -> Iterator[tuple[list, object]]:
+    """``(images, embeddings)`` a model batch at a time. Our model streams the original bytes
+    through the engine (:meth:`CLIPImageEmbeddings.embed_images`: failures go to
+    ``on_error(image, reason)``, progress to ``on_batch``); any other callable gets upstream's
+    call, a list of pixel arrays per batch, and returns a tensor."""
+    if isinstance(model, CLIPImageEmbeddings):
+        for batch in model.embed_images(images, batch_size, on_error, on_batch):
+            yield batch.tags, batch.embeddings
+        return
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        yield chunk, model([image.image_data for image in chunk]).cpu().numpy()

@@ -8,12 +8,15 @@ setting ``image_data = None`` (``remove_image_data``) releases the image altoget
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from nemo_aesthetic.tasks.tasks import Task
+
+logger = logging.getLogger("nemo_aesthetic")
 
 
 class _Pixels:
@@ -100,9 +103,14 @@ class ImageObject:
         return self.metadata.get("caption")
 
     @classmethod
-    def from_sample(cls, sample, image_path: str, metadata: dict) -> "ImageObject":
-        image = cls(image_path=image_path, image_id=sample.key, metadata=metadata)
-        image.__dict__["_sample"] = sample
+    def from_shard_item(cls, item, tar_path: str) -> "ImageObject":
+        """The image of a sample the engine read from ``tar_path`` (an
+        :class:`~nemo_aesthetic.engine.ShardItem`), keeping the sample, not pixels."""
+        from nemo_aesthetic.datasets.shards import sample_metadata
+
+        image = cls(image_path=f"{tar_path}/{item.key}.{item.image[0]}", image_id=item.key,
+                    metadata=sample_metadata(item.sample, item.image[0]))
+        image.__dict__["_sample"] = item.sample
         return image
 
 
@@ -135,3 +143,15 @@ class ImageBatch(Task[list[ImageObject]]):
     @property
     def errors(self) -> list[tuple[str, str]]:
         return self._metadata.setdefault("errors", [])
+
+    def drop(self, image_id: str, reason: str, by: str, where: str = "") -> None:
+        """Stage ``by`` could not process an image: log why (a warning) and list it in ``errors``."""
+        logger.warning("%s: dropped image %s%s: %s", by, image_id, f" ({where})" if where else "", reason)
+        self.errors.append((image_id, reason))
+
+    def require_embeddings(self, stage: str) -> None:
+        """Raise a clear error when a stage that scores embeddings runs before they exist."""
+        missing = [im.image_id for im in self.data if im.embedding is None]
+        if missing:
+            raise TypeError(f"{stage}: {len(missing)} image(s) have no embedding (e.g. {missing[:3]}); "
+                            "put an ImageEmbeddingStage before this stage")

@@ -12,22 +12,13 @@ from nemo_aesthetic.stages.image.filters.base import BaseFilterStage
 @dataclass
 class ImageAestheticFilterStage(BaseFilterStage):
     """Set ``aesthetic_score`` (roughly 1-10); keep images with ``score >= score_threshold``.
-
-    Weights: see :class:`~nemo_aesthetic.models.aesthetics.AestheticScorer` (``model_dir`` in
-    NeMo Curator 1.x's layout or holding ``sac+logos+ava1-l14-linearMSE.pth``, else
-    ``$NEMO_AESTHETIC_HOME``'s verified copy). Beyond upstream, ``head``: "v2" (default) or a
-    LAION-Aesthetics V1 head, "v1" taking the one of the pipeline's ImageEmbeddingStage backbone.
-    """
+    Weights: see :class:`~nemo_aesthetic.models.aesthetics.AestheticScorer`. Beyond upstream,
+    ``head``: "v2" (default) or a LAION-Aesthetics V1 head ("v1": the one of the pipeline's
+    ImageEmbeddingStage backbone)."""
 
     name: str = "image_aesthetic_filter"
     head: str = "v2"
-    score_attribute = "aesthetic_score"
-
-    def _head(self) -> dict:
-        return {} if self.concrete_head == "v2" else {"head": self.concrete_head}  # else upstream's exact call
-
-    def setup_on_node(self, node_info=None, worker_metadata=None) -> None:
-        AestheticScorer.download_weights_on_node(self.model_dir, **self._head())
+    score_attribute, label = "aesthetic_score", "Aesthetic"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -38,16 +29,17 @@ class ImageAestheticFilterStage(BaseFilterStage):
         self.expected_dim, self.expected_embeddings = HEADS[self.concrete_head][1:]
         super().follow_backbone(model_name, embedding_dim)
 
+    def _head(self) -> dict:
+        return {} if self.concrete_head == "v2" else {"head": self.concrete_head}  # v2: upstream's exact call
+
+    def setup_on_node(self, node_info=None, worker_metadata=None) -> None:
+        AestheticScorer.download_weights_on_node(self.model_dir, **self._head())
+
     def setup(self, worker_metadata=None) -> None:
         self.model = AestheticScorer(model_dir=self.model_dir, **self._head())
         self.model.setup()
         if self.verbose:
             logger.info("Initialized aesthetic scoring model")
-
-    label = "Aesthetic"
-
-    def report(self, message: str) -> None:
-        logger.info(message)
 
     def keep(self, score: float) -> bool:
         return score >= self.score_threshold

@@ -11,13 +11,10 @@ from nemo_aesthetic.stages.image.filters.base import BaseFilterStage
 @dataclass
 class ImageNSFWFilterStage(BaseFilterStage):
     """Set ``nsfw_score`` (probability 0-1); keep images with ``score < score_threshold``.
-
-    Weights: see :class:`~nemo_aesthetic.models.nsfw.NSFWScorer` (``model_dir`` in NeMo Curator
-    1.x's layout or holding ``clip_autokeras_binary_nsfw.pth``, else ``$NEMO_AESTHETIC_HOME``'s copy).
-    """
+    Weights: see :class:`~nemo_aesthetic.models.nsfw.NSFWScorer`."""
 
     name: str = "image_nsfw_filter"
-    score_attribute = "nsfw_score"
+    score_attribute, label = "nsfw_score", "NSFW"
 
     def setup_on_node(self, node_info=None, worker_metadata=None) -> None:
         NSFWScorer.download_weights_on_node(self.model_dir)
@@ -27,11 +24,6 @@ class ImageNSFWFilterStage(BaseFilterStage):
         self.model.setup()
         if self.verbose:
             logger.info("Initialized NSFW scoring model")
-
-    label = "NSFW"
-
-    def report(self, message: str) -> None:
-        logger.info(message)
 
     def keep(self, score: float) -> bool:
         return score < self.score_threshold

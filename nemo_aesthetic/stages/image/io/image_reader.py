@@ -3,10 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import fsspec
-
-from nemo_aesthetic.datasets.shards import ShardReadError, sample_metadata
-from nemo_aesthetic.engine import read_shard
+from nemo_aesthetic.engine import read_tars
 from nemo_aesthetic.image.preprocess import DEFAULT_MAX_PIXELS
 from nemo_aesthetic.stages.base import ProcessingStage, logger
 from nemo_aesthetic.tasks import FileGroupTask, ImageBatch, ImageObject
@@ -14,14 +11,15 @@ from nemo_aesthetic.tasks import FileGroupTask, ImageBatch, ImageObject
 
 @dataclass
 class ImageReaderStage(ProcessingStage):
-    """Read the tars of a :class:`FileGroupTask` into ImageBatches of ``task_batch_size`` images.
+    """Read the tars of a :class:`FileGroupTask` into ImageBatches of ``task_batch_size`` images,
+    streamed (a batch goes down the pipeline before the next is read; tars are read ahead).
 
-    ``image_id`` is the sample key, ``metadata`` holds the caption and ``.json`` fields, and the
-    original sample is kept (``image_data`` decodes it on access), so a batch holds JPEG bytes,
-    not pixels. A sample that is not an image (by its header), too large, without an image
-    member, cut off by a damaged tar, or a repeat of a key (the first is kept) is dropped with
-    its reason logged and listed in the batch's ``errors``. ``dali_batch_size`` and
-    ``batch_size`` are accepted spellings of ``task_batch_size``; decoding is PIL on the CPU.
+    ``image_id`` is the sample key and ``metadata`` holds the caption and ``.json`` fields. An
+    image keeps its original sample (``image_data`` decodes on access): a batch holds JPEG bytes,
+    not pixels, and decoding happens in the ImageEmbeddingStage (nvJPEG on a GPU). A sample the
+    engine judges unusable (not an image by its header, too large, no image member, cut off by a
+    damaged tar, a repeated key: the first is kept) is dropped with its reason
+    (:meth:`ImageBatch.drop`). ``dali_batch_size`` and ``batch_size`` spell ``task_batch_size``.
     """
 
     dali_batch_size: int | None = None
@@ -48,27 +46,22 @@ class ImageReaderStage(ProcessingStage):
     def process_stream(self, task: FileGroupTask):
         if not task.data:
             raise ValueError(f"No tar file paths in task {task.task_id}")
-        batch = ImageBatch(dataset_name=task.dataset_name, data=[], _metadata=dict(task._metadata))
-        for path in task.data:
-            fs, fs_path = fsspec.core.url_to_fs(path, **task.reader_config.get("storage_options", {}))
-            try:
-                for item in read_shard(fs, fs_path):
-                    self._add(batch, item, path)
-                    if len(batch.data) == self.task_batch_size:
-                        yield batch
-                        batch = ImageBatch(dataset_name=task.dataset_name, data=[], _metadata=dict(task._metadata))
-            except ShardReadError as exc:
-                logger.error("%s: %s; keeping the samples read before it", self.name, exc)
-            if self.verbose:
-                logger.info("%s: read %s", self.name, path)
+        new_batch = lambda: ImageBatch(dataset_name=task.dataset_name, data=[], _metadata=dict(task._metadata))  # noqa: E731
+        batch, read = new_batch(), 0
+        for path, item, reason in read_tars(task.data, task.reader_config.get("storage_options", {}), self.max_pixels,
+                                            self._tar_failed, depth=self.task_batch_size):
+            if reason:
+                batch.drop(item.key, reason, self.name, path)
+            else:
+                batch.data.append(ImageObject.from_shard_item(item, path))
+            read += 1
+            if len(batch.data) == self.task_batch_size:
+                yield batch
+                batch = new_batch()
         if batch.data or batch.errors:
             yield batch
+        if self.verbose:
+            logger.info("%s: read %d sample(s) from %d tar(s)", self.name, read, len(task.data))
 
-    def _add(self, batch: ImageBatch, item, path: str) -> None:
-        reason = item.check(self.max_pixels)
-        if reason:
-            logger.warning("%s: dropped image %s of %s: %s", self.name, item.key, path, reason)
-            batch.errors.append((item.key, reason))
-        else:
-            batch.data.append(ImageObject.from_sample(item.sample, f"{path}/{item.key}.{item.image[0]}",
-                                                      sample_metadata(item.sample, item.image[0])))
+    def _tar_failed(self, path: str, error: Exception) -> None:
+        logger.error("%s: %s; keeping the samples read before it", self.name, error)

@@ -1,0 +1,34 @@
+"""ImageModelStage: what the stages that run a model over ImageBatches share."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nemo_aesthetic.stages.base import ProcessingStage
+from nemo_aesthetic.tasks import ImageBatch
+
+
+@dataclass
+class ImageModelStage(ProcessingStage):
+    """Upstream's first three settings of the embedding and filter stages (``model_dir``, the GPU
+    share a worker gives the stage, images per model call), their resources and their I/O:
+    ImageBatch in, ImageBatch out."""
+
+    model_dir: str = None
+    num_gpus_per_worker: float = 0.25
+    model_inference_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.model_inference_batch_size < 1:
+            raise ValueError("model_inference_batch_size must be >= 1")
+        self.resources = self._gpu_resources(self.num_gpus_per_worker)
+
+    def inputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], []
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], []
+
+    def yield_next_batch(self, task: ImageBatch):
+        """The images of ``task`` a model call at a time."""
+        for i in range(0, len(task.data), self.model_inference_batch_size):
+            yield task.data[i:i + self.model_inference_batch_size]
