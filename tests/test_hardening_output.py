@@ -31,7 +31,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from nemo_aesthetic import cli
 from nemo_aesthetic.datasets import ImageTextPairDataset
-from nemo_aesthetic.datasets.shards import TarShardWriter, iter_samples
+from nemo_aesthetic.datasets.shard_writer import TarShardWriter
+from nemo_aesthetic.datasets.shards import iter_samples
 
 CLI = [sys.executable, "-c", "import sys; from nemo_aesthetic.cli import main; sys.exit(main())"]
 

@@ -21,14 +21,8 @@ from dask import delayed
 from nemo_aesthetic import frames
 from nemo_aesthetic.atomic import atomic_open, commit_staged, exclusive_output, location, temporary_name
 from nemo_aesthetic.datasets import provenance
-from nemo_aesthetic.datasets.shards import (
-    KeyIndex,
-    Shard,
-    ShardReadError,
-    TarShardWriter,
-    discover_shards,
-    iter_samples,
-)
+from nemo_aesthetic.datasets.shard_writer import TarShardWriter
+from nemo_aesthetic.datasets.shards import KeyIndex, Shard, ShardReadError, discover_shards, iter_samples
 from nemo_aesthetic.datasets.schema import conform, unified_schema
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import Any
 
 import dask.utils
 
-from nemo_aesthetic.datasets.shards import list_files
+from nemo_aesthetic.datasets.shards import group_files, list_files
 from nemo_aesthetic.stages.base import ProcessingStage, logger
 from nemo_aesthetic.stages.resources import Resources
 from nemo_aesthetic.tasks import FileGroupTask
@@ -48,21 +48,10 @@ class FilePartitioningStage(ProcessingStage):
 
     def process(self, _=None) -> list[FileGroupTask]:
         files = self.list_files()
-        groups: list[list[str]] = []
-        if self._blocksize is not None:
-            size = 0
-            for path, n in files:
-                if not groups or size + n > self._blocksize:
-                    groups.append([])
-                    size = 0
-                groups[-1].append(path)
-                size += n
-        else:
-            step = self.files_per_partition or 1
-            groups = [[p for p, _ in files[i:i + step]] for i in range(0, len(files), step)]
-        groups = groups[:self.limit] if self.limit is not None else groups
-        dataset = posixpath.basename(str(self.file_paths if isinstance(self.file_paths, str) else self.file_paths[0]).rstrip("/"))
+        groups = group_files(files, self.files_per_partition, self._blocksize)[:self.limit]
+        first = self.file_paths if isinstance(self.file_paths, str) else self.file_paths[0]
         logger.info(f"Created {len(groups)} file groups from {len(files)} files")
-        return [FileGroupTask(dataset_name=dataset, data=group, reader_config={"storage_options": self.storage_options},
+        return [FileGroupTask(dataset_name=posixpath.basename(str(first).rstrip("/")), data=group,
+                              reader_config={"storage_options": self.storage_options},
                               _metadata={"partition_index": i, "total_partitions": len(groups), "source_files": group})
                 for i, group in enumerate(groups)]

@@ -82,21 +82,22 @@ class ImageObject:
         picked = pick_image(sample.members)
         return picked[1] if picked else None
 
-    def tar_members(self, encode) -> list[tuple[str, bytes]]:
-        """What a writer puts in a tar for this image: the original members under the image id,
-        image first (no re-encoding, captions kept), else the pixels as ``encode(pixels) ->
-        (bytes, extension)`` makes them."""
+    def tar_members(self, encode, key: str | None = None) -> list[tuple[str, bytes]]:
+        """What a writer puts in a tar for this image: the original members under ``key``
+        (default: the image id), image first (no re-encoding, captions kept), else the pixels as
+        ``encode(pixels) -> (bytes, extension)`` makes them."""
+        key = self.image_id if key is None else key
         sample = self._sample
         if sample is not None:
             from nemo_aesthetic.image.preprocess import pick_image
 
             image_ext = pick_image(sample.members)[0]
-            return sorted(((f"{self.image_id}.{ext}", data) for ext, _, data in sample.members),
+            return sorted(((f"{key}.{ext}", data) for ext, _, data in sample.members),
                           key=lambda member: not member[0].endswith("." + image_ext))
         if self.image_data is None:
             raise ValueError("ImageObject.image_data is None; cannot write image bytes")
         payload, ext = encode(self.image_data)
-        return [(f"{self.image_id}{ext}", payload)]
+        return [(f"{key}{ext}", payload)]
 
     @property
     def caption(self) -> str | None:
@@ -114,12 +115,31 @@ class ImageObject:
         return image
 
 
-def image_rows(images: list[ImageObject], members: list[list[tuple[str, bytes]]], tar_file: str) -> list[dict]:
+def member_keys(images: list[ImageObject], first_position: int = 0) -> list[str]:
+    """The sample key of each image in one tar: its id, or (as upstream) its position when it has
+    none; a key already used in this tar gets a ``-N`` suffix (logged), because two samples under
+    one key would make both unreadable as a pair of image and caption."""
+    keys, used = [], set()
+    for position, image in enumerate(images, first_position):
+        key = image.image_id or f"{position:06d}"
+        if key in used:
+            n = 1
+            while f"{key}-{n}" in used:
+                n += 1
+            logger.warning("image id %s appears twice in one output tar; writing the repeat as %s-%d", key, key, n)
+            key = f"{key}-{n}"
+        used.add(key)
+        keys.append(key)
+    return keys
+
+
+def image_rows(images: list[ImageObject], keys: list[str], members: list[list[tuple[str, bytes]]],
+               tar_file: str) -> list[dict]:
     """One Parquet row per written image: upstream's columns, then caption, embedding and scores."""
     rows = []
-    for image, written in zip(images, members):
+    for image, key, written in zip(images, keys, members):
         meta = {k: v for k, v in image.metadata.items() if not isinstance(v, bytes)}
-        rows.append({"image_id": image.image_id, "tar_file": tar_file, "member_name": written[0][0],
+        rows.append({"image_id": key, "tar_file": tar_file, "member_name": written[0][0],
                      "original_path": image.image_path, "metadata": repr(meta), "caption": image.caption,
                      "embedding": None if image.embedding is None else [float(x) for x in image.embedding],
                      "aesthetic_score": image.aesthetic_score, "nsfw_score": image.nsfw_score})

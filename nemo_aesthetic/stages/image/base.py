@@ -1,4 +1,4 @@
-"""ImageModelStage: what the stages that run a model over ImageBatches share."""
+"""What the image stages share: ImageBatch in and out, and the settings of a model stage."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,11 +7,20 @@ from nemo_aesthetic.stages.base import ProcessingStage
 from nemo_aesthetic.tasks import ImageBatch
 
 
+class ImageBatchStage(ProcessingStage):
+    """A stage that takes the ``data`` (images) of ImageBatches."""
+
+    def inputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], []
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], []
+
+
 @dataclass
-class ImageModelStage(ProcessingStage):
+class ImageModelStage(ImageBatchStage):
     """Upstream's first three settings of the embedding and filter stages (``model_dir``, the GPU
-    share a worker gives the stage, images per model call), their resources and their I/O:
-    ImageBatch in, ImageBatch out."""
+    share a worker gives the stage, images per model call) and their resources."""
 
     model_dir: str = None
     num_gpus_per_worker: float = 0.25
@@ -21,12 +30,6 @@ class ImageModelStage(ProcessingStage):
         if self.model_inference_batch_size < 1:
             raise ValueError("model_inference_batch_size must be >= 1")
         self.resources = self._gpu_resources(self.num_gpus_per_worker)
-
-    def inputs(self) -> tuple[list[str], list[str]]:
-        return ["data"], []
-
-    def outputs(self) -> tuple[list[str], list[str]]:
-        return ["data"], []
 
     def yield_next_batch(self, task: ImageBatch):
         """The images of ``task`` a model call at a time."""
