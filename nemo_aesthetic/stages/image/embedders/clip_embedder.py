@@ -10,6 +10,7 @@ from nemo_aesthetic.tasks import ImageBatch
 
 _MODEL_OPTIONS = ("model_name", "model_kwargs", "checkpoint_path", "num_threads", "autocast", "device", "decode")
 
+
 @dataclass
 class ImageEmbeddingStage(ImageModelStage):
     """Set ``embedding`` (L2-normalised float32) on every image; one that cannot be decoded is

@@ -12,15 +12,10 @@ from nemo_aesthetic.tasks import FileGroupTask, ImageBatch, ImageObject
 @dataclass
 class ImageReaderStage(ProcessingStage):
     """Read the tars of a :class:`FileGroupTask` into ImageBatches of ``task_batch_size`` images,
-    streamed (a batch goes down the pipeline before the next is read; tars are read ahead).
-
-    ``image_id`` is the sample key and ``metadata`` holds the caption and ``.json`` fields. An
-    image keeps its original sample (``image_data`` decodes on access): a batch holds JPEG bytes,
-    not pixels, and decoding happens in the ImageEmbeddingStage (nvJPEG on a GPU). A sample the
-    engine judges unusable (not an image by its header, too large, no image member, cut off by a
-    damaged tar, a repeated key: the first is kept) is dropped with its reason
-    (:meth:`ImageBatch.drop`). ``dali_batch_size`` and ``batch_size`` spell ``task_batch_size``.
-    """
+    streamed, the tars read ahead (:func:`~nemo_aesthetic.engine.read_tars`). Images keep their
+    original sample, not pixels (decoding is the embedding stage's, nvJPEG on a GPU); a sample
+    the engine judges unusable is dropped with its reason (:meth:`ImageBatch.drop`).
+    ``dali_batch_size`` and ``batch_size`` are upstream's other spellings of ``task_batch_size``."""
 
     dali_batch_size: int | None = None
     verbose: bool = True
@@ -46,22 +41,18 @@ class ImageReaderStage(ProcessingStage):
     def process_stream(self, task: FileGroupTask):
         if not task.data:
             raise ValueError(f"No tar file paths in task {task.task_id}")
-        new_batch = lambda: ImageBatch(dataset_name=task.dataset_name, data=[], _metadata=dict(task._metadata))  # noqa: E731
-        batch, read = new_batch(), 0
-        for path, item, reason in read_tars(task.data, task.reader_config.get("storage_options", {}), self.max_pixels,
-                                            self._tar_failed, depth=self.task_batch_size):
+        batch, read = ImageBatch(dataset_name=task.dataset_name, data=[], _metadata=dict(task._metadata)), 0
+        tar_failed = lambda path, error: logger.error("%s: %s; keeping the samples read before it", self.name, error)  # noqa: E731
+        for read, (path, item, reason) in enumerate(read_tars(task.data, task.reader_config.get("storage_options", {}),
+                                                              self.max_pixels, tar_failed, self.task_batch_size), 1):
             if reason:
                 batch.drop(item.key, reason, self.name, path)
             else:
                 batch.data.append(ImageObject.from_shard_item(item, path))
-            read += 1
             if len(batch.data) == self.task_batch_size:
                 yield batch
-                batch = new_batch()
+                batch = ImageBatch(dataset_name=task.dataset_name, data=[], _metadata=dict(task._metadata))
         if batch.data or batch.errors:
             yield batch
         if self.verbose:
             logger.info("%s: read %d sample(s) from %d tar(s)", self.name, read, len(task.data))
-
-    def _tar_failed(self, path: str, error: Exception) -> None:
-        logger.error("%s: %s; keeping the samples read before it", self.name, error)
