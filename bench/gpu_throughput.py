@@ -9,6 +9,8 @@ Measures, on one device, in one run:
             in this process one shard at a time (dask's sync scheduler), two shards at a time (a
             worker with two threads: dask's threaded scheduler), and on CUDA through
             get_client("gpu", threads_per_worker=2) (a LocalCUDACluster worker process);
+            and the 1.x stage front (ImageReaderStage -> ImageEmbeddingStage ->
+            ImageAestheticFilterStage), one partition at a time in this process;
             each with the GPU's busy % (NVML, sampled every 0.2 s);
   fidelity  aesthetic scores of the path measured (nvJPEG + bf16 on CUDA) against the reference
             path (PIL decode + timm's PIL transform, fp32) on shard 0, by key: mean and max |diff|.
@@ -198,6 +200,39 @@ def on_cluster(args, ckpt: str, weights: str, root: str):
     return rate, busy, workers
 
 
+def stage_front(args, ckpt: str, weights: str, root: str) -> tuple[float, int, GpuBusy]:
+    """images/s through NeMo Curator 1.x's stages (reader -> embedding -> aesthetic filter), each
+    partition streamed in this process exactly as a Dask worker runs it, the models loaded first."""
+    import shutil
+
+    from nemo_aesthetic.backends.dask import run_partition
+    from nemo_aesthetic.stages.file_partitioning import FilePartitioningStage
+    from nemo_aesthetic.stages.image.embedders.clip_embedder import ImageEmbeddingStage
+    from nemo_aesthetic.stages.image.filters.aesthetic_filter import ImageAestheticFilterStage
+    from nemo_aesthetic.stages.image.io.image_reader import ImageReaderStage
+    from nemo_aesthetic.weights import AESTHETIC_WEIGHTS
+
+    model_dir = os.path.join(root, "..", "stage_models")  # the head under the name model_dir is searched for
+    os.makedirs(model_dir, exist_ok=True)
+    shutil.copy(weights, os.path.join(model_dir, AESTHETIC_WEIGHTS.filename))
+    stages = [ImageReaderStage(task_batch_size=args.batch, verbose=False),
+              ImageEmbeddingStage(model_name=MODEL, model_kwargs=TINY if args.tiny else None, checkpoint_path=ckpt,
+                                  model_inference_batch_size=args.batch, num_threads=args.threads,
+                                  device=args.device, decode=args.decode, remove_image_data=True),
+              ImageAestheticFilterStage(model_dir=model_dir, score_threshold=float("-inf"))]
+    partitions = FilePartitioningStage(root, file_extensions=[".tar"]).process()
+    run_partition(stages, partitions[0])
+    with GpuBusy(args.device) as busy:
+        start = time.perf_counter()
+        out = [batch for task in partitions for batch in run_partition(stages, task)]
+        elapsed = time.perf_counter() - start
+    errors = [reason for batch in out for _, reason in batch.errors]
+    if errors:
+        raise RuntimeError(f"{len(errors)} images dropped, e.g. {errors[0]}")
+    images = sum(len(batch.data) for batch in out)
+    return images / elapsed, images, busy
+
+
 def fidelity(args, ckpt: str, weights: str, root: str, measured) -> tuple[float, float, int, float]:
     """(mean |diff|, max |diff|, rows, min cosine): the measured path's scores of shard 0 against
     the reference path (PIL decode, fp32, no autocast) on the same device."""
@@ -243,7 +278,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="forward-only measuring time")
     p.add_argument("--matmul", type=int, default=8192)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (forward and end to end)")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: e2e2,cluster,fidelity")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: e2e2,stage,cluster,fidelity")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     cuda = args.device.startswith("cuda")
@@ -297,6 +332,15 @@ def main() -> int:
             except Exception:
                 failed += 1
                 print(f"{label:44s} FAILED")
+                traceback.print_exc()
+        if "stage" not in skip:
+            try:
+                rate, images, busy = stage_front(args, ckpt, weights, root)
+                print(f"{'end to end, stage front (1 partition at a time):':44s} {rate:,.0f} images/s = "
+                      f"{rate / bound:.2f}x of the bound, GPU busy {busy} ({images} images)")
+            except Exception:
+                failed += 1
+                print("end to end, stage front: FAILED")
                 traceback.print_exc()
         if cuda and "cluster" not in skip:
             try:

@@ -14,11 +14,13 @@ def _run(*args):
 
 def test_gpu_throughput_smoke_on_cpu():
     """The GPU bench's code path on the CPU: real photos through decode="tensor" (torchvision's CPU
-    decoder), one and two shards at a time, and the fidelity check against the PIL path."""
+    decoder), one and two shards at a time, the stage front, and the fidelity check against the
+    PIL path."""
     out = _run(os.path.join(BENCH, "gpu_throughput.py"), "--tiny", "--device", "cpu", "--batch", "8",
                "--threads", "1", "--shards", "2", "--images-per-shard", "8", "--unique", "10",
                "--progressive", "0.2", "--seconds", "0.5", "--matmul", "256")
-    assert "model only:" in out and out.count("of the bound") == 3, out
+    assert "model only:" in out and out.count("of the bound") == 4, out
+    assert "stage front (1 partition at a time):" in out and "(16 images)" in out, out
     assert "2 shards x 8 real photos (10 distinct" in out and "2 progressive" in out, out
     assert "1 shard at a time" in out and "2 shards at a time" in out and "LocalCUDACluster: skipped" in out, out
     assert "-> PASS" in out and "over 8 photos" in out, out
