@@ -21,6 +21,8 @@ threads = ``--decode-threads`` (default 1), batch size ``--batch-size`` (default
   no tar parsing: JPEG bytes already in memory -> PIL decode + RGB + timm transform (in a pool of
   the same decode threads, streamed into batches) -> forward -> L2-normalise.
 * sequential: decode and forward one after the other in one thread (for reference only).
+* stage front: the same through ``ImageReaderStage -> ImageEmbeddingStage``, each partition run in
+  this process exactly as a Dask worker runs it (``run_partition``), batches streamed.
 
 Prints images/s for each and pipeline/ceiling (goal >= 0.8x), best of ``--repeat`` interleaved
 runs, plus the process CPU time per image (all threads; a load-independent measure of the work
@@ -135,6 +137,26 @@ def pipeline(root: Path, checkpoint: Path, batch_size: int, decode_threads: int,
     return len(df) / elapsed
 
 
+def stage_front(root: Path, checkpoint: Path, batch_size: int, decode_threads: int) -> float:
+    """The same work through NeMo Curator 1.x's stages (reader -> embedding), every partition
+    streamed in this process as a Dask worker runs it (``run_partition``)."""
+    from nemo_aesthetic.backends.dask import run_partition
+    from nemo_aesthetic.stages.file_partitioning import FilePartitioningStage
+    from nemo_aesthetic.stages.image.embedders.clip_embedder import ImageEmbeddingStage
+    from nemo_aesthetic.stages.image.io.image_reader import ImageReaderStage
+
+    stages = [ImageReaderStage(task_batch_size=batch_size, verbose=False),
+              ImageEmbeddingStage(model_name=MODEL, model_kwargs=MODEL_KWARGS, checkpoint_path=str(checkpoint),
+                                  model_inference_batch_size=batch_size, num_threads=decode_threads, device="cpu",
+                                  remove_image_data=True)]
+    start = time.perf_counter()
+    out = [b for task in FilePartitioningStage(str(root), file_extensions=[".tar"]).process()
+           for b in run_partition(stages, task)]
+    elapsed = time.perf_counter() - start
+    assert not any(b.errors for b in out)
+    return sum(len(b.data) for b in out) / elapsed
+
+
 def _cluster(use_library: bool):
     from distributed import Client, LocalCluster
 
@@ -186,11 +208,12 @@ def main(argv=None):
         ceiling(model, images[: args.batch_size * 2], args.batch_size, args.decode_threads)
         pipeline(work / "data", checkpoint, args.batch_size, args.decode_threads, "sync")
 
-        results = {"ceiling": [], "sync": [], "sequential": []}
-        cpu_ms = {"ceiling": [], "sync": [], "sequential": []}
+        results = {"ceiling": [], "sync": [], "sequential": [], "stage": []}
+        cpu_ms = {"ceiling": [], "sync": [], "sequential": [], "stage": []}
         runs = {"ceiling": lambda: ceiling(model, images, args.batch_size, args.decode_threads),
                 "sync": lambda: pipeline(work / "data", checkpoint, args.batch_size, args.decode_threads, "sync"),
-                "sequential": lambda: sequential(model, images, args.batch_size)}
+                "sequential": lambda: sequential(model, images, args.batch_size),
+                "stage": lambda: stage_front(work / "data", checkpoint, args.batch_size, args.decode_threads)}
         for _ in range(args.repeat):  # interleaved, so load on the shared machine hits all alike
             for name, fn in runs.items():
                 cpu_start = time.process_time()
@@ -206,6 +229,10 @@ def main(argv=None):
               f"CPU work per image ceiling/pipeline = {cpu['ceiling'] / cpu['sync']:.2f}x")
         print(f"    (all runs, images/s: ceiling {[round(v) for v in results['ceiling']]}, "
               f"pipeline {[round(v) for v in results['sync']]})")
+        print(f"stage front, in-process:               {best['stage']:8.1f} images/s   CPU {cpu['stage']:.2f} ms/image")
+        print(f"    stage/ceiling = {best['stage'] / best['ceiling']:.2f}x, stage/pipeline = "
+              f"{best['stage'] / best['sync']:.2f}x images/s; CPU work per image pipeline/stage = "
+              f"{cpu['sync'] / cpu['stage']:.2f}x  (runs: {[round(v) for v in results['stage']]})")
 
         if not args.no_cluster:
             default_env = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
