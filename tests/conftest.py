@@ -32,7 +32,7 @@ def skip_without_shared(path: Path, what: str) -> None:
 def needs_shared(path: Path, what: str):
     """A mark for a module or test that reads ``path`` directly (not through a fixture)."""
     if path.exists() or os.environ.get(REQUIRE_SHARED_ENV, "") == "1":
-        return pytest.mark.usefixtures()  # present, or missing and then failing loudly in the test
+        return pytest.mark.shared_data  # present, or missing and then failing loudly in the test
     return pytest.mark.skip(reason=f"needs {what}: set ${SHARED_ENV} to a folder holding "
                                    f"{path.relative_to(SHARED)} (default ../shared; looked for {path})")
 
