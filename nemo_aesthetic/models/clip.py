@@ -77,6 +77,7 @@ class HFClipEmbedder(TimmImageEmbedder):
 
     def load_embedding_model(self, device: str):
         import timm
+        import torch
         from safetensors.torch import load_file
 
         files = sorted(f for f in os.listdir(self.folder) if f.endswith(".safetensors"))
@@ -88,6 +89,8 @@ class HFClipEmbedder(TimmImageEmbedder):
         converted = hf_clip_to_timm(state, self.hf_config)
         model = timm.create_model(self.model_name, pretrained=False, **self.model_kwargs)
         model.load_state_dict(converted)
+        if self._bf16_weights(device):  # as TimmImageEmbedder: cast once, inputs come as bf16 too
+            model = model.to(torch.bfloat16)
         return model.eval().to(device)
 
     def model_cache_key(self, device: str) -> str:
