@@ -4,7 +4,9 @@ Without ``initial_tasks`` the first stage (``FilePartitioningStage``) runs here 
 and makes the partitions. Each partition becomes ONE Dask task that streams it through every
 later stage on the worker: each batch the reader yields goes down the remaining stages before
 the next one is read, so a worker holds about one batch per stage, not a shard, and images never
-pass through the scheduler. Models load once per worker process (``load_object_on_worker``).
+pass through the scheduler. After each batch the memory it freed goes back to the system
+(:func:`~nemo_aesthetic.distributed.release_freed_memory`), or the worker's footprint would creep
+up with the number of batches. Models load once per worker process (``load_object_on_worker``).
 """
 from __future__ import annotations
 
