@@ -4,17 +4,20 @@ Without ``initial_tasks`` the first stage (``FilePartitioningStage``) runs here 
 and makes the partitions. Each partition becomes ONE Dask task that streams it through every
 later stage on the worker: each batch the reader yields goes down the remaining stages before
 the next one is read, so a worker holds about one batch per stage, not a shard, and images never
-pass through the scheduler. Models load once per worker process (``load_object_on_worker``).
+pass through the scheduler. After each batch the memory it freed goes back to the system
+(:func:`~nemo_aesthetic.distributed.release_freed_memory`), or the worker's footprint would creep
+up with the number of batches. Models load once per worker process (``load_object_on_worker``).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from nemo_aesthetic import progress
 from nemo_aesthetic.backends.base import BaseExecutor, WorkerMetadata
+from nemo_aesthetic.distributed import release_freed_memory
 from nemo_aesthetic.progress import ShardProgress
 from nemo_aesthetic.tasks import EmptyTask
 
@@ -73,7 +76,7 @@ def run_partition(stages: list, task, label: str | None = None) -> list:
         stage.setup_on_node(None, metadata)
         stage.setup(metadata)
     try:
-        outputs = list(stream(stages, [task]))
+        outputs = list(stream(stages, [task], after_each=release_freed_memory))
     finally:
         for stage in stages:
             stage.teardown()
@@ -81,8 +84,9 @@ def run_partition(stages: list, task, label: str | None = None) -> list:
     return outputs
 
 
-def stream(stages: list, tasks: Iterable) -> Iterator:
-    """Each output of the first stage goes through the rest before the first stage continues."""
+def stream(stages: list, tasks: Iterable, after_each: Callable[[], None] | None = None) -> Iterator:
+    """Each output of the first stage goes through the rest before the first stage continues;
+    then ``after_each()`` runs (:func:`run_partition`: hand the batch's freed memory back)."""
     if not stages:
         yield from tasks
         return
@@ -91,6 +95,8 @@ def stream(stages: list, tasks: Iterable) -> Iterator:
         for i, out in enumerate(outputs):
             out._set_task_id(task.task_id, i)
             yield from stream(stages[1:], [out])
+            if after_each is not None:
+                after_each()
 
 
 def _run_on(client, stages, tasks) -> list:
