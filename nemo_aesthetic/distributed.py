@@ -145,10 +145,10 @@ def release_freed_memory() -> None:
 
     glibc returns memory only from the top of a heap, so a long-lived allocation made after a
     batch's large temporaries (JPEG bytes, model activations) keeps the freed space below it
-    resident. A stream of batches keeps a little of each (each image's ``embedding`` views its
-    batch's embeddings array), so without this the process's footprint grew with the number of
-    batches, not the batch (BENCHMARKS.md, "The stage front on the same shard"). One call per
-    batch costs ~10 ms.
+    resident. A stream of batches keeps a little of each (in the stage front each image's
+    ``embedding`` views its batch's embeddings array), so without this the process's footprint
+    grew with the number of batches, not the batch (BENCHMARKS.md, "Memory while embedding a big
+    shard"). Both fronts call it as a shard streams; one call costs ~10 ms.
     """
     trim = _malloc_trim()
     if trim is not None:
