@@ -3,12 +3,13 @@ batch decoder (the tensor path: nvJPEG on a GPU), mixes pixel-only images into t
 batches, and publishes per-image progress that the DaskExecutor logs."""
 import io
 import logging
+import tarfile
 import time
 
 import numpy as np
 import pytest
 from distributed import Client
-from factory import TINY_KWARGS, TINY_MODEL, image_bytes, write_img2dataset
+from factory import TINY_KWARGS, TINY_MODEL, add_member, image_bytes, write_img2dataset
 from PIL import Image
 
 from nemo_aesthetic import progress
@@ -124,3 +125,32 @@ def test_shard_progress_continues_over_streams_and_finishes_with_its_count():
         tracker.finish()
     assert [m["done"] for m in heard] == [4, 7, 7] and heard[-1]["finished"]
 
+
+
+def test_embedding_stage_streams_across_reader_batches(tmp_path, tiny_checkpoint, caplog):
+    """Through the executor's chain, model batches span reader batches (the decoder never waits
+    at a batch edge), yet every reader batch comes out in order, whole, with the embeddings and
+    drop reasons it gets when embedded on its own."""
+    from nemo_aesthetic.backends.dask import stream
+
+    (tmp_path / "ds").mkdir()
+    with tarfile.open(tmp_path / "ds" / "00000.tar", "w") as tar:
+        for i in range(10):  # the 5th image (in the 2nd reader batch) is cut short: it fails to decode
+            data = image_bytes(i, (64, 48))
+            add_member(tar, f"{i:04d}.jpg", data[:len(data) // 2] if i == 4 else data)
+    (task,) = FilePartitioningStage(str(tmp_path / "ds"), file_extensions=[".tar"]).process()
+    reader = ImageReaderStage(task_batch_size=3, verbose=False)
+    make = lambda: ImageEmbeddingStage(model_name=TINY_MODEL, model_kwargs=TINY_KWARGS,  # noqa: E731
+                                       checkpoint_path=tiny_checkpoint, model_inference_batch_size=4,
+                                       num_threads=1, verbose=True)
+    alone = [make().process(batch) for batch in reader.process(task)]
+    with caplog.at_level(logging.INFO, logger="nemo_aesthetic"):
+        streamed = list(stream([reader, make()], [task]))
+    assert [len(b.data) for b in streamed] == [3, 2, 3, 1] == [len(b.data) for b in alone]
+    assert [[key for key, _ in b.errors] for b in streamed] == [[], ["0004"], [], []]
+    for a, b in zip(alone, streamed):
+        assert [im.image_id for im in a.data] == [im.image_id for im in b.data] and a.errors == b.errors
+        np.testing.assert_allclose(np.stack([im.embedding for im in b.data]),
+                                   np.stack([im.embedding for im in a.data]), atol=1e-6)
+    sizes = [int(r.getMessage().split()[3]) for r in caplog.records if r.getMessage().startswith("Generated embeddings")]
+    assert sizes[-3:] == [4, 4, 1], sizes  # 9 decodable images in model batches of 4, across reader batches of 3

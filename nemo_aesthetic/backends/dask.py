@@ -85,18 +85,16 @@ def run_partition(stages: list, task, label: str | None = None) -> list:
 
 
 def stream(stages: list, tasks: Iterable, after_each: Callable[[], None] | None = None) -> Iterator:
-    """Each output of the first stage goes through the rest before the first stage continues;
-    then ``after_each()`` runs (:func:`run_partition`: hand the batch's freed memory back)."""
-    if not stages:
-        yield from tasks
-        return
-    for task in tasks:
-        outputs = (out for out in stages[0].process_stream(task) if out is not None)
-        for i, out in enumerate(outputs):
-            out._set_task_id(task.task_id, i)
-            yield from stream(stages[1:], [out])
-            if after_each is not None:
-                after_each()
+    """The stages chained as generators (:meth:`~nemo_aesthetic.stages.base.ProcessingStage.process_tasks`):
+    each output goes down the rest before a stage continues, so a partition holds a few batches,
+    not a shard; ``after_each()`` runs after each output of the last stage (:func:`run_partition`:
+    hand the batch's freed memory back)."""
+    for stage in stages:
+        tasks = stage.process_tasks(tasks)
+    for out in tasks:
+        yield out
+        if after_each is not None:
+            after_each()
 
 
 def _run_on(client, stages, tasks) -> list:

@@ -13,6 +13,7 @@ guards -> timm's preprocessing -> batches -> model -> L2-normalised embeddings.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from typing import Iterable, Iterator
@@ -184,7 +185,11 @@ class CLIPImageEmbeddings(ModelInterface):
             raise ImageDecodeError(f"preprocessing failed: {type(exc).__name__}: {exc}") from None
 
     def embed_images(self, images: Iterable, batch_size: int, on_error, on_batch=None) -> Iterator[EmbeddedBatch]:
-        """ImageObjects -> engine batches (tags are the ImageObjects); failures to ``on_error``.
+        """ImageObjects -> engine batches (tags are the ImageObjects); failures to ``on_error``."""
+        return self.embed_tagged(((image, image) for image in images), batch_size, on_error, on_batch)
+
+    def embed_tagged(self, pairs: Iterable, batch_size: int, on_error, on_batch=None) -> Iterator[EmbeddedBatch]:
+        """``(tag, ImageObject)`` pairs -> engine batches of the tags; failures to ``on_error(tag, reason)``.
 
         Original bytes are decoded by the embedder's own batch decoder, as in the legacy front
         (nvJPEG a batch at a time on a GPU worker); pixel-only images join the same batches.
@@ -193,7 +198,7 @@ class CLIPImageEmbeddings(ModelInterface):
             self.setup()
         decoder = self.embedder.make_batch_preprocessor(self.clip, self.preprocess, self.device)
         with ImageObjectPreprocessor(decoder, self.from_pixels) as pre:
-            yield from embed_stream(((im, im) for im in images), pre, self.forward, batch_size, on_error, on_batch)
+            yield from embed_stream(pairs, pre, self.forward, batch_size, on_error, on_batch)
 
     def __call__(self, images):
         import torch
@@ -210,15 +215,15 @@ class CLIPImageEmbeddings(ModelInterface):
         """Hugging Face format weights are used where they are; otherwise timm fetches them on load."""
 
 
-def embedding_batches(model, images: list, batch_size: int, on_error, on_batch=None) -> Iterator[tuple[list, object]]:
-    """``(images, embeddings)`` a model batch at a time. Our model streams the original bytes
-    through the engine (:meth:`CLIPImageEmbeddings.embed_images`: failures go to
-    ``on_error(image, reason)``, progress to ``on_batch``); any other callable gets upstream's
-    call, a list of pixel arrays per batch, and returns a tensor."""
+def embedding_batches(model, pairs: Iterable, batch_size: int, on_error, on_batch=None) -> Iterator[tuple]:
+    """``(tags, embeddings)`` a model batch at a time for ``(tag, ImageObject)`` pairs. Our model
+    streams the original bytes through the engine (:meth:`CLIPImageEmbeddings.embed_tagged`:
+    failures go to ``on_error(tag, reason)``, progress to ``on_batch``); any other callable gets
+    upstream's call, a list of pixel arrays per batch, and returns a tensor."""
     if isinstance(model, CLIPImageEmbeddings):
-        for batch in model.embed_images(images, batch_size, on_error, on_batch):
+        for batch in model.embed_tagged(pairs, batch_size, on_error, on_batch):
             yield batch.tags, batch.embeddings
         return
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        yield chunk, model([image.image_data for image in chunk]).cpu().numpy()
+    pairs = iter(pairs)
+    while chunk := list(itertools.islice(pairs, batch_size)):
+        yield [tag for tag, _ in chunk], model([image.image_data for _, image in chunk]).cpu().numpy()

@@ -3,14 +3,15 @@
 Stages are dataclasses holding only their settings, so they pickle small; ``setup`` loads what
 they need on the worker (models through ``load_object_on_worker``, once per worker process).
 Beyond upstream, :meth:`ProcessingStage.process_stream` lets a stage hand out its outputs one at
-a time: the pipeline passes each batch down the remaining stages before the next one is read,
-so a partition's memory is one batch, not one shard.
+a time and :meth:`ProcessingStage.process_tasks` chains the stages as generators: each batch goes
+down the remaining stages before the next one is read, so a partition's memory is a few batches,
+not one shard.
 """
 from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from nemo_aesthetic.stages.resources import Resources
 from nemo_aesthetic.tasks import Task
@@ -58,6 +59,15 @@ class ProcessingStage:
         """The outputs of ``process(task)`` one at a time (readers override it to stream)."""
         result = self.process(task)
         yield from (t for t in (result if isinstance(result, list) else [result]) if t is not None)
+
+    def process_tasks(self, tasks: Iterable[Task]) -> Iterator[Task]:
+        """The outputs for a stream of input tasks, in order, each numbered under its input (beyond
+        upstream). The executor chains the stages through this; a stage that gains from seeing
+        past one task (the embedding stage keeps its decoder busy across batches) overrides it."""
+        for task in tasks:
+            for i, out in enumerate(self.process_stream(task)):
+                out._set_task_id(task.task_id, i)
+                yield out
 
     def supports_batch_processing(self) -> bool:
         return type(self).process_batch is not ProcessingStage.process_batch

@@ -1,7 +1,9 @@
 """ImageEmbeddingStage: CLIP image embeddings through the shard engine."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import collections
+from dataclasses import dataclass, field, fields
+from typing import Iterable, Iterator
 
 from nemo_aesthetic.models.clip import DEFAULT_TIMM_MODEL, CLIPImageEmbeddings, embedding_batches
 from nemo_aesthetic.stages.base import logger
@@ -48,19 +50,59 @@ class ImageEmbeddingStage(ImageModelStage):
         self.progress = worker_metadata.extra.get("progress") if worker_metadata is not None else None
 
     def process(self, task: ImageBatch) -> ImageBatch:
+        (out,) = self._embed([task])
+        return out
+
+    def process_tasks(self, tasks: Iterable[ImageBatch]) -> Iterator[ImageBatch]:
+        """Beyond upstream: ONE engine stream over a partition's batches, so the next batch is
+        decoded while the model runs on this one (no idle GPU at batch edges); each batch comes
+        out, in order, once its last image is embedded or dropped."""
+        for task in self._embed(tasks):
+            task._set_task_id(task.task_id, 0)
+            yield task
+
+    def _embed(self, tasks: Iterable[ImageBatch]) -> Iterator[ImageBatch]:
         if "model" not in self.__dict__:
             self.setup()
-        progress, size, kept = getattr(self, "progress", None), self.model_inference_batch_size, []
-        drop = lambda image, reason: task.drop(image.image_id, reason, self.name, image.image_path)  # noqa: E731
-        for images, embeddings in embedding_batches(self.model, task.data, size, drop, progress):
-            for image, row in zip(images, embeddings):
+        in_flight: collections.deque[_InFlight] = collections.deque()
+        pulled = [0]
+
+        def pairs():
+            for task in tasks:
+                in_flight.append(batch := _InFlight(task, len(task.data)))
+                pulled[0] += len(task.data)
+                yield from (((batch, image), image) for image in task.data)
+
+        def drop(tag, reason):
+            tag[0].left -= 1
+            tag[0].task.drop(tag[1].image_id, reason, self.name, tag[1].image_path)
+
+        progress = getattr(self, "progress", None)
+        for tags, embeddings in embedding_batches(self.model, pairs(), self.model_inference_batch_size, drop, progress):
+            for (batch, image), row in zip(tags, embeddings):
                 image.embedding = row
+                batch.embedded.append(image)
+                batch.left -= 1
                 if self.remove_image_data:
                     image.image_data = None
-            kept.extend(images)
             if self.verbose:
-                logger.info(f"Generated embeddings for {len(images)} images.")
-        if progress is not None:
-            progress.advance(len(task.data))
-        task.data = kept
-        return task
+                logger.info(f"Generated embeddings for {len(tags)} images.")
+            while in_flight and in_flight[0].left <= 0:
+                yield in_flight.popleft().done()
+        if progress is not None:  # the engine's totals restart with the next stream: count on from here
+            progress.advance(pulled[0])
+        while in_flight:
+            yield in_flight.popleft().done()
+
+
+@dataclass
+class _InFlight:
+    """A batch whose images are in the engine: how many have not come back, those embedded."""
+
+    task: ImageBatch
+    left: int
+    embedded: list = field(default_factory=list)
+
+    def done(self) -> ImageBatch:
+        self.task.data = self.embedded
+        return self.task
