@@ -226,3 +226,19 @@ def test_legacy_load_object_on_worker_takes_a_kwargs_dict_and_loads_once(cpu_cli
     assert same and reloaded and calls == [3, 3] and pid != os.getpid()
     assert get_num_workers(cpu_client) == 2 and get_num_workers(None) is None
     assert get_current_client() is not None
+
+
+def test_freed_memory_releaser_runs_at_most_once_per_interval(monkeypatch):
+    """The per-batch hand-back costs ~10 ms, so a stream of small batches calls it at most once
+    per interval (the first call always runs)."""
+    from nemo_aesthetic import distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "release_freed_memory", lambda: calls.append(1))
+    release = distributed.FreedMemoryReleaser(seconds=0.2)
+    for _ in range(50):
+        release()
+    assert len(calls) == 1
+    time.sleep(0.25)
+    release()
+    assert len(calls) == 2

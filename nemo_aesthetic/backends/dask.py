@@ -4,9 +4,9 @@ Without ``initial_tasks`` the first stage (``FilePartitioningStage``) runs here 
 and makes the partitions. Each partition becomes ONE Dask task that streams it through every
 later stage on the worker: each batch the reader yields goes down the remaining stages before
 the next one is read, so a worker holds about one batch per stage, not a shard, and images never
-pass through the scheduler. After each batch the memory it freed goes back to the system
-(:func:`~nemo_aesthetic.distributed.release_freed_memory`), or the worker's footprint would creep
-up with the number of batches. Models load once per worker process (``load_object_on_worker``).
+pass through the scheduler. As batches go by, the memory they freed goes back to the system (at
+most once a second: :class:`~nemo_aesthetic.distributed.FreedMemoryReleaser`), or the worker's
+footprint would creep up with the number of batches. Models load once per worker process (``load_object_on_worker``).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 from nemo_aesthetic import progress
 from nemo_aesthetic.backends.base import BaseExecutor, WorkerMetadata
-from nemo_aesthetic.distributed import release_freed_memory
+from nemo_aesthetic.distributed import FreedMemoryReleaser
 from nemo_aesthetic.progress import ShardProgress
 from nemo_aesthetic.tasks import EmptyTask
 
@@ -76,7 +76,7 @@ def run_partition(stages: list, task, label: str | None = None) -> list:
         stage.setup_on_node(None, metadata)
         stage.setup(metadata)
     try:
-        outputs = list(stream(stages, [task], after_each=release_freed_memory))
+        outputs = list(stream(stages, [task], after_each=FreedMemoryReleaser()))
     finally:
         for stage in stages:
             stage.teardown()

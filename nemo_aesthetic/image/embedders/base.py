@@ -37,7 +37,7 @@ import numpy as np
 from dask import delayed
 
 from nemo_aesthetic import frames
-from nemo_aesthetic.distributed import load_object_on_worker, release_freed_memory
+from nemo_aesthetic.distributed import FreedMemoryReleaser, load_object_on_worker
 from nemo_aesthetic.engine import (BatchPreprocessor, SeenKeys, ShardColumns, default_device, embed_stream,
                                    make_forward, read_shard)
 from nemo_aesthetic.image.preprocess import DEFAULT_MAX_PIXELS
@@ -52,10 +52,6 @@ ERROR_COLUMN = "error"
 #: on CUDA (the issue-14 bench measures batch 256 and 512); one image on the CPU, NeMo Curator's
 #: own default for ``TimmImageEmbedder(batch_size=1)``.
 DEFAULT_BATCH_SIZES = {"cuda": 256, "cpu": 1}
-
-#: Images between two hand-backs of freed heap memory (``malloc_trim``, ~10 ms each) while a shard
-#: is embedded: without them glibc's heap ratchets up with the shard (BENCHMARKS.md, "Memory").
-TRIM_EVERY_IMAGES = 64
 
 
 class ImageEmbedder(ABC):
@@ -220,15 +216,12 @@ class ImageEmbedder(ABC):
         else:
             fs, _ = fsspec.core.url_to_fs(tar_path, **storage_options)
             payloads = run.payloads(self.iter_shard_items(fs, tar_path, run.seen))
-            since_trim = 0
+            release = FreedMemoryReleaser()  # a shard's freed heap back to the system as it goes
             with self.make_batch_preprocessor(model, preprocess, device) as preprocessor:
                 for batch in embed_stream(payloads, preprocessor, forward, self.batch_size_on(device), run.fail,
                                           on_batch):
                     run.add(batch)
-                    since_trim += len(batch.tags)
-                    if since_trim >= TRIM_EVERY_IMAGES:  # a shard's freed heap back to the system as it goes
-                        release_freed_memory()
-                        since_trim = 0
+                    release()
         return run
 
 

@@ -18,11 +18,10 @@ import logging
 import posixpath
 
 import fsspec
-import numpy as np
 
 from nemo_aesthetic.datasets.shards import KeyIndex
 from nemo_aesthetic.distributed import load_object_on_worker
-from nemo_aesthetic.engine import (BatchPreprocessor, EmbeddedBatch, ShardColumns, default_device, embed_stream,
+from nemo_aesthetic.engine import (EmbeddedBatch, ShardColumns, default_device, embed_stream,
                                    make_forward, read_shard)
 
 logger = logging.getLogger(__name__)
