@@ -13,6 +13,8 @@ guards -> timm's preprocessing -> batches -> model -> L2-normalised embeddings.
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
 import itertools
 import json
 import os
@@ -227,3 +229,53 @@ def embedding_batches(model, pairs: Iterable, batch_size: int, on_error, on_batc
     pairs = iter(pairs)
     while chunk := list(itertools.islice(pairs, batch_size)):
         yield [tag for tag, _ in chunk], model([image.image_data for _, image in chunk]).cpu().numpy()
+
+
+def embed_image_batches(model, batches: Iterable, batch_size: int, on_error, on_batch=None,
+                        on_embedded=None) -> Iterator:
+    """The ImageBatches of ``batches`` with ``embedding`` set on their images, in order, through
+    ONE stream of model batches across them (:func:`embedding_batches`), so decoding never waits
+    at a batch's edge. A batch comes out once its last image is embedded or has failed: a failed
+    image goes to ``on_error(batch, image, reason)`` and is left out of the batch's ``data``.
+    ``on_embedded(images)`` hears each model batch's images; ``on_batch`` (a
+    :class:`~nemo_aesthetic.progress.ShardProgress`) the engine's progress, continued over calls."""
+    in_flight: collections.deque[_InFlight] = collections.deque()
+    pulled = 0
+
+    def pairs():
+        nonlocal pulled
+        for task in batches:
+            in_flight.append(entry := _InFlight(task, len(task.data)))
+            pulled += len(task.data)
+            yield from (((entry, image), image) for image in task.data)
+
+    def failed(tag, reason: str) -> None:
+        tag[0].left -= 1
+        on_error(tag[0].task, tag[1], reason)
+
+    for tags, embeddings in embedding_batches(model, pairs(), batch_size, failed, on_batch):
+        for (entry, image), row in zip(tags, embeddings):
+            image.embedding = row
+            entry.embedded.append(image)
+            entry.left -= 1
+        if on_embedded is not None:
+            on_embedded([image for _, image in tags])
+        while in_flight and in_flight[0].left <= 0:
+            yield in_flight.popleft().done()
+    if on_batch is not None:  # the engine's totals restart with the next stream: count on from here
+        on_batch.advance(pulled)
+    while in_flight:
+        yield in_flight.popleft().done()
+
+
+@dataclasses.dataclass
+class _InFlight:
+    """A batch whose images are in the engine: how many have not come back, those embedded."""
+
+    task: object
+    left: int
+    embedded: list = dataclasses.field(default_factory=list)
+
+    def done(self):
+        self.task.data = self.embedded
+        return self.task

@@ -1,11 +1,10 @@
 """ImageEmbeddingStage: CLIP image embeddings through the shard engine."""
 from __future__ import annotations
 
-import collections
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Iterable, Iterator
 
-from nemo_aesthetic.models.clip import DEFAULT_TIMM_MODEL, CLIPImageEmbeddings, embedding_batches
+from nemo_aesthetic.models.clip import DEFAULT_TIMM_MODEL, CLIPImageEmbeddings, embed_image_batches
 from nemo_aesthetic.stages.base import logger
 from nemo_aesthetic.stages.image.base import ImageModelStage
 from nemo_aesthetic.tasks import ImageBatch
@@ -64,45 +63,15 @@ class ImageEmbeddingStage(ImageModelStage):
     def _embed(self, tasks: Iterable[ImageBatch]) -> Iterator[ImageBatch]:
         if "model" not in self.__dict__:
             self.setup()
-        in_flight: collections.deque[_InFlight] = collections.deque()
-        pulled = [0]
 
-        def pairs():
-            for task in tasks:
-                in_flight.append(batch := _InFlight(task, len(task.data)))
-                pulled[0] += len(task.data)
-                yield from (((batch, image), image) for image in task.data)
-
-        def drop(tag, reason):
-            tag[0].left -= 1
-            tag[0].task.drop(tag[1].image_id, reason, self.name, tag[1].image_path)
-
-        progress = getattr(self, "progress", None)
-        for tags, embeddings in embedding_batches(self.model, pairs(), self.model_inference_batch_size, drop, progress):
-            for (batch, image), row in zip(tags, embeddings):
-                image.embedding = row
-                batch.embedded.append(image)
-                batch.left -= 1
-                if self.remove_image_data:
-                    image.image_data = None
+        def embedded(images: list) -> None:
+            for image in images if self.remove_image_data else ():
+                image.image_data = None
             if self.verbose:
-                logger.info(f"Generated embeddings for {len(tags)} images.")
-            while in_flight and in_flight[0].left <= 0:
-                yield in_flight.popleft().done()
-        if progress is not None:  # the engine's totals restart with the next stream: count on from here
-            progress.advance(pulled[0])
-        while in_flight:
-            yield in_flight.popleft().done()
+                logger.info(f"Generated embeddings for {len(images)} images.")
 
+        def drop(task: ImageBatch, image, reason: str) -> None:
+            task.drop(image.image_id, reason, self.name, image.image_path)
 
-@dataclass
-class _InFlight:
-    """A batch whose images are in the engine: how many have not come back, those embedded."""
-
-    task: ImageBatch
-    left: int
-    embedded: list = field(default_factory=list)
-
-    def done(self) -> ImageBatch:
-        self.task.data = self.embedded
-        return self.task
+        yield from embed_image_batches(self.model, tasks, self.model_inference_batch_size, drop,
+                                       getattr(self, "progress", None), embedded)

@@ -29,8 +29,9 @@ class BaseFilterStage(ImageModelStage):
         """Hears the pipeline's ImageEmbeddingStage model when the pipeline is built, so a head of
         the wrong width fails before any work."""
         if embedding_dim != self.expected_dim:
-            raise ValueError(f"{type(self).__name__} expects {self.expected_dim}-d embeddings ({self.expected_embeddings} "
-                             f"image embeddings) but the ImageEmbeddingStage ({model_name}) gives {embedding_dim}-d ones")
+            raise ValueError(f"{type(self).__name__} expects {self.expected_dim}-d embeddings "
+                             f"({self.expected_embeddings} image embeddings) but the ImageEmbeddingStage "
+                             f"({model_name}) gives {embedding_dim}-d ones")
 
     def keep(self, score: float) -> bool:
         raise NotImplementedError
