@@ -44,10 +44,11 @@ class BaseFilterStage(ImageModelStage):
             scores = np.asarray(self.model(np.stack([im.embedding for im in batch])).cpu().numpy()).reshape(-1)
             for image, score in zip(batch, scores):
                 setattr(image, self.score_attribute, float(score))
-        kept = [im for im in task.data if self.keep(getattr(im, self.score_attribute))]
+        passed = [self.keep(getattr(im, self.score_attribute)) for im in task.data]
+        kept = [im for im, ok in zip(task.data, passed) if ok]
         if self.verbose:
             log = getattr(sys.modules[type(self).__module__], "logger", logger)
-            for im in (im for im in task.data if im not in kept):
+            for im in (im for im, ok in zip(task.data, passed) if not ok):
                 log.info(f"Image {im.image_id} (path: {im.image_path}) has {self.score_attribute} "
                          f"{getattr(im, self.score_attribute):.3f}, filtered out (threshold {self.score_threshold}).")
             log.info(f"{self.label} filtering: {len(kept)}/{len(task.data)} images passed, "
