@@ -62,15 +62,14 @@ class ShardProgress:
     """The engine's ``on_batch`` callback for one shard: publishes its progress, throttled.
 
     ``rows`` None: the shard's size is not known ahead (the stage front streams it); ``done``
-    then counts what the callback heard, and :meth:`finish` reports that count. ``start``
-    continues a count over several streams of the same shard (the stage front embeds a
-    partition a reader batch at a time).
+    then counts what the callback heard, and :meth:`finish` reports that count. :meth:`advance`
+    carries the count over to a later engine stream of the same shard.
     """
 
-    def __init__(self, shard: str, rows: int | None, interval: float = PUBLISH_INTERVAL, start: int = 0):
-        self.shard, self.rows, self.interval, self.start = shard, rows, interval, start
+    def __init__(self, shard: str, rows: int | None, interval: float = PUBLISH_INTERVAL):
+        self.shard, self.rows, self.interval = shard, rows, interval
         self.last = None
-        self.done = start
+        self.start = self.done = 0
 
     def __call__(self, batch) -> None:
         self.done = self.start + batch.total_images + batch.total_failed

@@ -6,7 +6,8 @@ later stage on the worker: each batch the reader yields goes down the remaining 
 the next one is read, so a worker holds about one batch per stage, not a shard, and images never
 pass through the scheduler. As batches go by, the memory they freed goes back to the system (at
 most once a second: :class:`~nemo_aesthetic.distributed.FreedMemoryReleaser`), or the worker's
-footprint would creep up with the number of batches. Models load once per worker process (``load_object_on_worker``).
+footprint would creep up with the number of batches. Models load once per worker process
+(``load_object_on_worker``).
 """
 from __future__ import annotations
 
