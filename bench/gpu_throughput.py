@@ -176,7 +176,7 @@ def dataset(root: str, first: int | None = None):
     return ds
 
 
-def end_to_end(args, embedder, root: str, **compute) -> tuple[float, object, GpuBusy]:
+def end_to_end(args, embedder, root: str, **compute) -> tuple[float, GpuBusy, object]:
     """images/s from tar bytes to scores, the model already loaded (one shard run first)."""
     embedder(dataset(root, 1)).metadata.compute(**compute)
     with GpuBusy(args.device) as busy:
@@ -186,7 +186,7 @@ def end_to_end(args, embedder, root: str, **compute) -> tuple[float, object, Gpu
     errors = df["error"].dropna()
     if len(errors):
         raise RuntimeError(f"{len(errors)} rows failed, e.g. {errors.iloc[0]}")
-    return len(df) / elapsed, df, busy
+    return len(df) / elapsed, busy, df
 
 
 def on_cluster(args, ckpt: str, weights: str, root: str):
@@ -194,13 +194,13 @@ def on_cluster(args, ckpt: str, weights: str, root: str):
 
     with get_client(cluster_type="gpu", threads_per_worker=2, dashboard_address=None) as client:
         embedder = make_embedder(args, ckpt, weights, device=None)  # the worker picks its GPU
-        rate, _, busy = end_to_end(args, embedder, root)
+        rate, busy, _ = end_to_end(args, embedder, root)
         workers = len(client.scheduler_info()["workers"])
         client.cluster.close()
     return rate, busy, workers
 
 
-def stage_front(args, ckpt: str, weights: str, root: str) -> tuple[float, int, GpuBusy]:
+def stage_front(args, ckpt: str, weights: str, root: str) -> tuple[float, GpuBusy, int]:
     """images/s through NeMo Curator 1.x's stages (reader -> embedding -> aesthetic filter), each
     partition streamed in this process exactly as a Dask worker runs it, the models loaded first."""
     import shutil
@@ -230,7 +230,7 @@ def stage_front(args, ckpt: str, weights: str, root: str) -> tuple[float, int, G
     if errors:
         raise RuntimeError(f"{len(errors)} images dropped, e.g. {errors[0]}")
     images = sum(len(batch.data) for batch in out)
-    return images / elapsed, images, busy
+    return images / elapsed, busy, images
 
 
 def fidelity(args, ckpt: str, weights: str, root: str, measured) -> tuple[float, float, int, float]:
@@ -319,38 +319,34 @@ def main() -> int:
         if cuda:
             torch.cuda.empty_cache()
 
-        results = {}
-        for label, compute, key in (("end to end, 1 shard at a time (sync):", {"scheduler": "sync"}, "e2e1"),
-                                    ("end to end, 2 shards at a time (threads):",
-                                     {"scheduler": "threads", "num_workers": 2}, "e2e2")):
-            if key in skip:
-                continue
+        def measure(label: str, run, note=lambda extra: ""):
+            """One end-to-end line from ``run() -> (images/s, GPU busy, extra)``; returns extra
+            (None, with the traceback printed, if it failed)."""
+            nonlocal failed
             try:
-                rate, df, busy = end_to_end(args, make_embedder(args, ckpt, weights), root, **compute)
-                results[key] = df
-                print(f"{label:44s} {rate:,.0f} images/s = {rate / bound:.2f}x of the bound, GPU busy {busy}")
+                rate, busy, extra = run()
             except Exception:
                 failed += 1
                 print(f"{label:44s} FAILED")
                 traceback.print_exc()
+                return None
+            print(f"{label:44s} {rate:,.0f} images/s = {rate / bound:.2f}x of the bound, GPU busy {busy}{note(extra)}")
+            return extra
+
+        results = {}
+        for label, compute, key in (("end to end, 1 shard at a time (sync):", {"scheduler": "sync"}, "e2e1"),
+                                    ("end to end, 2 shards at a time (threads):",
+                                     {"scheduler": "threads", "num_workers": 2}, "e2e2")):
+            if key not in skip:
+                df = measure(label, lambda: end_to_end(args, make_embedder(args, ckpt, weights), root, **compute))
+                if df is not None:
+                    results[key] = df
         if "stage" not in skip:
-            try:
-                rate, images, busy = stage_front(args, ckpt, weights, root)
-                print(f"{'end to end, stage front (1 partition at a time):':44s} {rate:,.0f} images/s = "
-                      f"{rate / bound:.2f}x of the bound, GPU busy {busy} ({images} images)")
-            except Exception:
-                failed += 1
-                print("end to end, stage front: FAILED")
-                traceback.print_exc()
+            measure("end to end, stage front (1 partition at a time):",
+                    lambda: stage_front(args, ckpt, weights, root), lambda images: f" ({images} images)")
         if cuda and "cluster" not in skip:
-            try:
-                rate, busy, workers = on_cluster(args, ckpt, weights, root)
-                print(f"{'end to end, LocalCUDACluster (2 threads):':44s} {rate:,.0f} images/s = "
-                      f"{rate / bound:.2f}x of the bound, GPU busy {busy} ({workers} worker(s))")
-            except Exception:
-                failed += 1
-                print("end to end, LocalCUDACluster: FAILED")
-                traceback.print_exc()
+            measure("end to end, LocalCUDACluster (2 threads):",
+                    lambda: on_cluster(args, ckpt, weights, root), lambda workers: f" ({workers} worker(s))")
         elif "cluster" not in skip:
             print("end to end, LocalCUDACluster: skipped (no CUDA)")
         if "fidelity" not in skip and results:
