@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 
 from nemo_aesthetic.cli import common
 from nemo_aesthetic.cli.cluster import dask_client
-from nemo_aesthetic.cli.options import (LOCAL_CLUSTERS, SCORE_COLUMN, UsageError, add_head_option,
+from nemo_aesthetic.cli.options import (LOCAL_CLUSTERS, SCORE_COLUMN, UsageError,
                                         add_model_options, add_run_options)
 from nemo_aesthetic.report import error_groups  # the error grouping, shared with the HTML report
 
@@ -26,38 +25,36 @@ def add_parser(sub) -> None:
     score.add_argument("--out", metavar="DIR", default=None,
                        help="write the Parquet files here instead of over PATH's (only Parquet is written; each "
                             "file records PATH, so 'report DIR' and 'filter DIR' find the images there)")
-    score.add_argument("--tiny", action="store_true",
-                       help="use a tiny randomly initialised model of the same family instead of CLIP: no CLIP "
-                            "download, checks the whole pipeline in seconds, but the scores are MEANINGLESS "
-                            "(and say so: in the summary, the Parquet metadata and any report)")
     score.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
     add_model_options(score, "default: 256 with --cluster gpu, else 8")
-    add_head_option(score, "the model's")
     add_run_options(score, "cpu")
     score.set_defaults(func=run)
 
 
 def run(args) -> int:
     common.check_dataset_path(args.path)
-    from nemo_aesthetic.datasets import ImageTextPairDataset
-
-    dataset = ImageTextPairDataset.from_webdataset(args.path, id_col=args.id_col)
     local = args.scheduler_file is None and args.cluster in LOCAL_CLUSTERS
     if args.tiny and not local:
         raise UsageError("--tiny runs on a local cluster (--cluster cpu, gpu or sync): its random model is "
                          "a file on this machine")
     model, kwargs, pretrained, checkpoint = common.model_choice(args)
+    common.check_something_to_score(args.path)
+    from nemo_aesthetic.datasets import ImageTextPairDataset
+
+    dataset = ImageTextPairDataset.from_webdataset(args.path, id_col=args.id_col)
     aesthetic = common.check_weights(args, model, kwargs, pretrained, checkpoint, local)
+    head = common.concrete_head(args, model)
     if args.tiny:
         print(f"NOTE: {common.TINY_NOTE}.", flush=True)
+        if aesthetic is None:
+            print(common.RANDOM_HEAD_NOTE, flush=True)
     batch_size, threads = common.batch_and_threads(args)
     out = args.out or args.path
     with tempfile.TemporaryDirectory(prefix="nemo-aesthetic-tiny-") as tmp:
-        if args.tiny and checkpoint is None:
-            checkpoint = common.save_tiny_checkpoint(model, kwargs, os.path.join(tmp, "tiny-random-clip.pth"))
+        if args.tiny:
+            checkpoint, aesthetic = common.tiny_models(model, kwargs, checkpoint, aesthetic, head, tmp)
             pretrained = False
-        embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, threads,
-                                        common.concrete_head(args, model))
+        embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, threads, head)
         with dask_client(args.cluster, args.scheduler_file, args.workers, len(dataset.shards),
                          args.quiet) as client:
             logger.info("scoring %d shard(s) of %s with %s", len(dataset.shards), args.path, model)
