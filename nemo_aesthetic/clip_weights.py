@@ -85,7 +85,8 @@ def check_model_name(model_name: str) -> None:
     known = timm.list_models(pretrained=True) if tag else timm.list_models()
     close = difflib.get_close_matches(model_name, known, n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(close)}?" if close else " (see timm.list_models())"
-    raise ValueError(f"timm does not know model {model_name!r}{hint}")
+    what = f" (no pretrained tag {tag!r} for {architecture})" if tag and timm.is_model(architecture) else ""
+    raise ValueError(f"timm does not know model {model_name!r}{what}{hint}")
 
 
 def _clip_hub_files(model_name: str) -> tuple[str, str | None, list[str]] | None:

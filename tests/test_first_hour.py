@@ -29,6 +29,7 @@ def fresh_env(tmp_path, **extra) -> dict:
            "NEMO_AESTHETIC_HOME": str(tmp_path / "weights"),
            "HF_ENDPOINT": UNREACHABLE, "NEMO_AESTHETIC_MIRROR": UNREACHABLE}
     (tmp_path / "weights").mkdir(exist_ok=True)
+    (tmp_path / "home").mkdir(exist_ok=True)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
