@@ -11,8 +11,9 @@ break at that scale or give wrong rows:
   positions when a user computes only some partitions (``ddf.partitions[5:10]``), so position 0
   of that computation would be paired with shard 0's tar, allowance or file.
 
-:func:`from_shards` reads one partition per spec (``dd.from_map``, one cheap token for all of
-them instead of hashing every spec), and :func:`map_shards` applies ``func(partition, spec)``
+:func:`from_shards` reads one partition per spec (``dd.from_map``; give a spec class a cheap
+``__dask_tokenize__``, as :class:`~nemo_aesthetic.datasets.shards.Shard` has, or dask pickles each
+one to name the graph), and :func:`map_shards` applies ``func(partition, spec)``
 with spec ``i`` travelling inside partition ``i``'s task, so the task of a shard carries that
 shard's spec only (never a list of all of them) and a partition subset still pairs each partition
 with its own spec. A spec is any small picklable object (a :class:`~nemo_aesthetic.datasets.shards.Shard`,
@@ -34,14 +35,9 @@ from dask.tokenize import tokenize
 from dask.utils import funcname
 
 
-def specs_token(specs: Sequence[Any]) -> str:
-    """A token for a list of specs: their reprs hashed once (cheap at 200,000 shards), where
-    ``tokenize`` would normalise every object field by field."""
-    return tokenize("\n".join(map(repr, specs)))
-
-
 def from_shards(read: Callable, specs: Sequence[Any], *, meta, label: str, **kwargs) -> dd.DataFrame:
-    """One partition per spec: ``read(spec, **kwargs)`` on a worker (``dd.from_map``)."""
+    """One partition per spec: ``read(spec, **kwargs)`` on a worker (``dd.from_map``, whose partition
+    selection picks the specs themselves, so a subset still reads the right shards)."""
     return dd.from_map(read, list(specs), meta=meta, label=label, enforce_metadata=False, **kwargs)
 
 
@@ -67,9 +63,11 @@ class _MapShards(Expr):
     def _divisions(self):
         return (None,) * (self.frame.npartitions + 1)
 
-    def _task(self, name, index: int) -> Task:
-        return Task(name, _apply, self.operand("func"), TaskRef((self.frame._name, index)),
-                    self.operand("specs")[index], self.operand("args"), self.operand("kwargs"))
+    def _layer(self) -> dict:
+        func, specs, args, kwargs = (self.operand(k) for k in ("func", "specs", "args", "kwargs"))
+        name, parent = self._name, self.frame._name
+        return {(name, i): Task((name, i), _apply, func, TaskRef((parent, i)), spec, args, kwargs)
+                for i, spec in enumerate(specs)}
 
     def _simplify_up(self, parent, dependents):
         return None  # column projections stop here: func may need any column
