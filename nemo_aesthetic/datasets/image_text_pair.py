@@ -16,6 +16,7 @@ import dask
 import dask.dataframe as dd
 import fsspec
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from dask import delayed
 
@@ -26,6 +27,7 @@ from nemo_aesthetic.datasets.resharding import plan_output_shards, write_output_
 from nemo_aesthetic.datasets.shards import Shard, discover_shards
 from nemo_aesthetic.datasets.schema import conform, unified_schema
 from nemo_aesthetic.engine.partitions import from_shards, map_shards
+from nemo_aesthetic.retrying import with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +93,8 @@ class ImageTextPairDataset:
 
         schema = unified_schema(fs, shards, id_col)
         metadata = from_shards(_read_shard_metadata, shards, fs=fs, id_col=id_col, schema=schema,
-                               meta=frames.arrow_to_frame(schema.empty_table()), label="read-shard-metadata")
+                               backend=frames.backend(), meta=frames.arrow_to_frame(schema.empty_table()),
+                               label="read-shard-metadata")
         return cls(path, metadata, [s.tar for s in shards], id_col, shards=shards,
                    storage_options=storage_options)
 
@@ -266,16 +269,15 @@ def _shard_name(tar_path: str | None, index: int) -> str:
 
 
 def _read_parquet(fs, path: str):
-    try:
-        with fs.open(path, "rb") as f:
-            return pq.read_table(f)
+    try:  # the bytes are read with retries (a transient error passes), then parsed once
+        return pq.read_table(pa.BufferReader(with_retries(fs.cat_file, path, what=f"reading {path}")))
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise ValueError(f"cannot read metadata file {path}: {type(exc).__name__}: {exc}") from exc
 
 
-def _read_shard_metadata(shard: Shard, fs, id_col: str, schema):
+def _read_shard_metadata(shard: Shard, fs, id_col: str, schema, backend: str | None = None):
     table = conform(_read_parquet(fs, shard.parquet), schema, shard.parquet)
-    df = frames.arrow_to_frame(table)
+    df = frames.arrow_to_frame(table, backend)
     df = df.sort_values(id_col, na_position="last", kind="stable").reset_index(drop=True)
     ids = df[id_col]
     dupes = ids[ids.duplicated() & ids.notna()]

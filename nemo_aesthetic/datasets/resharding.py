@@ -17,6 +17,7 @@ from nemo_aesthetic.atomic import atomic_open
 from nemo_aesthetic.datasets import provenance
 from nemo_aesthetic.datasets.shard_writer import TarShardWriter
 from nemo_aesthetic.datasets.shards import KeyIndex, ShardReadError, iter_samples
+from nemo_aesthetic.retrying import with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +101,15 @@ def write_output_shard(fs_in, in_shards, slices, parts, fs_out, out_root, name, 
 
 
 def write_partition(df, path: str, fs, columns: list | None, extra: dict | None = None) -> pd.Series:
-    """Write one partition to ``path``; its row count, as a one-row Series (summed by the caller)."""
+    """Write one partition to ``path`` atomically (retried on a transient error); its row count, as a
+    one-row Series (summed by the caller)."""
     if columns is not None:
         df = df[columns]
     table = provenance.with_file_metadata(frames.frame_to_arrow(df), extra or {})
-    with atomic_open(fs, path, "wb") as f:
-        pq.write_table(table, f)
+
+    def write():
+        with atomic_open(fs, path, "wb") as f:
+            pq.write_table(table, f)
+
+    with_retries(write, what=f"writing {path}")
     return pd.Series([len(df)], dtype="int64")
