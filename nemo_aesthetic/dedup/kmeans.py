@@ -25,6 +25,8 @@ logger = logging.getLogger("nemo_aesthetic")
 #: Rows drawn to the client for the k-means++ start: this many per cluster, at least START_MIN.
 START_ROWS_PER_CLUSTER = 20
 START_MIN = 10_000
+#: Fitting on all rows re-reads them at each iteration, unless they take less than this in memory.
+PERSIST_BELOW_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -138,6 +140,8 @@ def fit_kmeans(ddf, column: str, n_clusters: int, max_iter: int = 300, tol: floa
         if not 0.0 < fit_data_fraction < 1.0:
             raise ValueError(f"fit_data_fraction must be in (0, 1), got {fit_data_fraction}")
         fit = fit.map_partitions(_keep_share, fit_data_fraction, random_state, meta=fit._meta).persist()
+    elif usable * dim * 4 <= PERSIST_BELOW_BYTES:  # small: keep it in the workers' memory, not re-read
+        fit = fit.persist()
     if isinstance(init, np.ndarray):
         centroids = np.asarray(init, dtype=np.float32)
     else:
