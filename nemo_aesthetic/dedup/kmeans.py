@@ -139,9 +139,9 @@ def fit_kmeans(ddf, column: str, n_clusters: int, max_iter: int = 300, tol: floa
     if fit_data_fraction is not None:
         if not 0.0 < fit_data_fraction < 1.0:
             raise ValueError(f"fit_data_fraction must be in (0, 1), got {fit_data_fraction}")
-        fit = fit.map_partitions(_keep_share, fit_data_fraction, random_state, meta=fit._meta).persist()
+        fit = _held_on_workers(fit.map_partitions(_keep_share, fit_data_fraction, random_state, meta=fit._meta))
     elif usable * dim * 4 <= PERSIST_BELOW_BYTES:  # small: keep it in the workers' memory, not re-read
-        fit = fit.persist()
+        fit = _held_on_workers(fit)
     if isinstance(init, np.ndarray):
         centroids = np.asarray(init, dtype=np.float32)
     else:
@@ -173,6 +173,16 @@ def fit_kmeans(ddf, column: str, n_clusters: int, max_iter: int = 300, tol: floa
     logger.info("k-means: %d clusters over %d rows (%d without a usable embedding), %d iteration(s)",
                 n_clusters, usable, rows - usable, n_iter)
     return KMeansResult(centroids=centroids, n_iter=n_iter, inertia=inertia, rows=usable, unclustered=rows - usable)
+
+
+def _held_on_workers(ddf):
+    """``ddf`` computed once and kept in the workers' memory, as a collection of its futures (a
+    plain ``persist()`` of a projected Parquet read lost its keys in later reductions here)."""
+    import dask.dataframe as dd
+    from distributed import futures_of
+
+    futures = futures_of(ddf.persist())
+    return dd.from_delayed(futures, meta=ddf._meta, verify_meta=False) if futures else ddf
 
 
 def _keep_share(frame, fraction, seed, partition_info=None):
