@@ -15,7 +15,7 @@ It prints seconds, ms per shard, tasks per shard and graph bytes per shard (a pe
 into every task would show there), then the open + embed + score + save_metadata total
 and its ratio to the baseline. (Pickling the graph, to count its bytes, is not timed.)
 
-    python bench/graph_build.py [SIZES=2000] [WEIGHTS] [--keep DIR]
+    python bench/graph_build.py [SIZES=2000] [WEIGHTS] [--keep DIR] [--reshard-max N]
 
 SIZES is a comma-separated list (e.g. 2000,20000,200000). The largest set of shards is written
 once (the first DISTINCT for real, the rest hard links to them); smaller sizes are hard links to
@@ -91,7 +91,7 @@ def graph_bytes(graph: dict) -> int:
     return len(cloudpickle.dumps(graph, protocol=5))
 
 
-def measure(root: str, n: int, weights: str) -> dict:
+def measure(root: str, n: int, weights: str, reshard_max: int | None = None) -> dict:
     rows = {}
 
     def timed(name, build):
@@ -127,7 +127,8 @@ def measure(root: str, n: int, weights: str) -> dict:
             for j, slices in enumerate(plan)]
         return None, driver_graph(*tasks)
 
-    timed("to_webdataset (write)", reshard)
+    if reshard_max is None or n <= reshard_max:
+        timed("to_webdataset (write)", reshard)
     return rows
 
 
@@ -136,6 +137,7 @@ def main() -> None:
     parser.add_argument("sizes", nargs="?", default="2000")
     parser.add_argument("weights", nargs="?", default=WEIGHTS)
     parser.add_argument("--keep", help="write the shards here and keep them for the next run")
+    parser.add_argument("--reshard-max", type=int, help="measure to_webdataset only up to this many shards")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     base = args.keep or tempfile.mkdtemp(prefix="graph_build-")
@@ -149,7 +151,7 @@ def main() -> None:
             root = source if n == sizes[-1] else os.path.join(base, f"first-{n}")
             if root != source:
                 linked_subset(source, root, n)
-            rows = measure(root, n, args.weights)
+            rows = measure(root, n, args.weights, args.reshard_max)
             base_s = rows["dd.read_parquet (baseline)"][0]
             print(f"\nshards: {n}")
             for name, (seconds, tasks, size) in rows.items():
