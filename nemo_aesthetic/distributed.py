@@ -91,7 +91,7 @@ def get_client(cluster_type: Literal["cpu", "gpu"] = "cpu", scheduler_address: s
     if scheduler_address and scheduler_file:
         raise ValueError("give scheduler_address or scheduler_file, not both")
     if scheduler_address or scheduler_file:
-        return _connect(scheduler_address, scheduler_file, timeout)
+        return _with_worker_settings(_connect(scheduler_address, scheduler_file, timeout))
     _require_main_guard(cluster_type == "gpu" or cluster_kwargs.get("processes", True))
     gpu_options = {"nvlink_only": nvlink_only, "protocol": protocol, "rmm_pool_size": rmm_pool_size,
                    "enable_spilling": enable_spilling, "set_torch_to_use_rmm": set_torch_to_use_rmm,
@@ -110,7 +110,18 @@ def get_client(cluster_type: Literal["cpu", "gpu"] = "cpu", scheduler_address: s
     cluster_kwargs.setdefault("processes", True)
     with dask.config.set(_worker_malloc_config()):
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, **cluster_kwargs)
-    return Client(cluster)
+    return _with_worker_settings(Client(cluster))
+
+
+def _with_worker_settings(client: Client, **settings) -> Client:
+    """``client``, its workers given this process's settings (:mod:`nemo_aesthetic.worker_settings`)."""
+    from nemo_aesthetic.worker_settings import register_worker_settings
+
+    try:
+        register_worker_settings(client, **settings)
+    except Exception as exc:  # e.g. workers without nemo_aesthetic installed: they cannot run our tasks either
+        logger.warning("could not register nemo_aesthetic's settings with the workers: %s", exc)
+    return client
 
 
 def _require_main_guard(worker_processes: bool) -> None:
@@ -194,11 +205,19 @@ def _malloc_trim():
 def cuda_cluster_kwargs(gpu_options: dict, cluster_kwargs: dict) -> dict:
     """``LocalCUDACluster`` keywords for get_client's GPU options, as NeMo Curator 0.x maps them.
 
-    ``enable_spilling`` becomes cuDF spilling on the workers; ``nvlink_only`` with UCX turns on
+    ``enable_spilling`` becomes cuDF spilling on the workers, where cuDF is installed: dask-cuda's
+    ``LocalCUDACluster(enable_cudf_spill=True)`` imports cuDF in its constructor (dask-cuda 26.10),
+    so on a torch-only GPU machine the default would stop the cluster from starting; there it is
+    left off and logged once (there is no cuDF memory to spill). ``nvlink_only`` with UCX turns on
     UCX over NVLink only. RMM options are dropped (with a warning) when RMM is not installed,
     where dask-cuda would otherwise fail every worker at start-up.
     """
-    kwargs = {"protocol": gpu_options["protocol"], "enable_cudf_spill": gpu_options["enable_spilling"]}
+    spill = gpu_options["enable_spilling"]
+    if spill and "enable_cudf_spill" not in cluster_kwargs and not _has_module("cudf"):
+        _log_once("enable_spilling=True: cuDF is not installed, so LocalCUDACluster starts without "
+                  "enable_cudf_spill (dask-cuda imports cuDF for it; there is no cuDF memory to spill)")
+        spill = False
+    kwargs = {"protocol": gpu_options["protocol"], "enable_cudf_spill": spill}
     rmm_options = {k: gpu_options[k] for k in ("rmm_pool_size", "rmm_async", "rmm_maximum_pool_size",
                                                "rmm_managed_memory", "rmm_release_threshold")}
     if _has_module("rmm"):
@@ -212,6 +231,15 @@ def cuda_cluster_kwargs(gpu_options: dict, cluster_kwargs: dict) -> dict:
         kwargs.update(enable_tcp_over_ucx=True, enable_nvlink=True, enable_infiniband=False, enable_rdmacm=False)
     kwargs.update(cluster_kwargs)  # the caller's own LocalCUDACluster keywords win
     return kwargs
+
+
+_LOGGED_ONCE: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _LOGGED_ONCE:
+        _LOGGED_ONCE.add(message)
+        logger.warning(message)
 
 
 def _has_module(name: str) -> bool:
@@ -236,7 +264,8 @@ def _local_cuda_client(gpu_options: dict, cluster_kwargs: dict) -> Client:
         client = Client(LocalCUDACluster(**kwargs))
     if gpu_options["set_torch_to_use_rmm"]:
         _set_torch_to_use_rmm()
-        client.run(_set_torch_to_use_rmm)
+    # (a plugin, not client.run: a worker the nanny restarts gets the settings again)
+    _with_worker_settings(client, torch_uses_rmm=gpu_options["set_torch_to_use_rmm"])
     if gpu_options["enable_spilling"] and _has_module("cudf"):
         import cudf
 

@@ -62,6 +62,10 @@ class Shard:
     tar: str | None
     stats: str | None = None
 
+    def __dask_tokenize__(self):
+        # Its fields, as strings: dask would otherwise pickle each of ~200,000 shards to name a graph.
+        return ("Shard", self.name, self.parquet, self.tar, self.stats)
+
 
 @dataclasses.dataclass
 class Sample:
