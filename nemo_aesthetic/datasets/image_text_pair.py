@@ -22,13 +22,14 @@ from nemo_aesthetic import frames
 from nemo_aesthetic.atomic import atomic_open, commit_staged, exclusive_output, location, temporary_name
 from nemo_aesthetic.datasets import provenance
 from nemo_aesthetic.datasets.shard_writer import TarShardWriter
-from nemo_aesthetic.datasets.shards import KeyIndex, Shard, ShardReadError, discover_shards, iter_samples
+from nemo_aesthetic.datasets.shards import KeyIndex, Shard, ShardReadError, discover_shards
 from nemo_aesthetic.datasets.schema import conform, unified_schema
+from nemo_aesthetic.datasets.sources import SourceConstructors
 
 logger = logging.getLogger(__name__)
 
 
-class ImageTextPairDataset:
+class ImageTextPairDataset(SourceConstructors):
     """Image-text pairs stored as WebDataset tars plus per-shard Parquet metadata.
 
     Args:
@@ -84,7 +85,7 @@ class ImageTextPairDataset:
             raise FileNotFoundError(f"no NNNNN.parquet metadata files in {path}")
         shards = provenance.tars_from_source(fs, shards, storage_options)  # metadata written elsewhere
         for s in shards:
-            if s.tar is None:
+            if s.tar is None and s.source is None:
                 logger.warning("shard %s has metadata but no tar: its rows will be flagged, not scored", s.name)
 
         schema = unified_schema(fs, shards, id_col)
@@ -118,6 +119,7 @@ class ImageTextPairDataset:
         """
         if mode not in ("overwrite", "resume"):
             raise ValueError(f"mode must be 'overwrite' or 'resume', not {mode!r}")
+        self._check_output(path)
         fs, root = self._fs_for(path)
         with exclusive_output(fs, root):
             return self._save_metadata(fs, root, columns, mode, file_metadata)
@@ -127,8 +129,7 @@ class ImageTextPairDataset:
         targets = [posixpath.join(root, f"{shard.name}.parquet") for shard in self.shards]
         wanted = set(columns if columns is not None else self.metadata.columns)
         done = _complete_parquets(fs, targets, wanted) if mode == "resume" else set()
-        source = provenance.source_of(self._fs_for(None)[0], self.tar_files)
-        extra = {**({provenance.SOURCE_KEY: source} if source else {}), **(file_metadata or {})}
+        extra = {**provenance.source_metadata(self, self._fs_for(None)[0]), **(file_metadata or {})}
         tasks = [
             delayed(_write_partition)(part, fs, target, columns, extra)
             for part, target in zip(self.metadata.to_delayed(), targets) if target not in done
@@ -348,6 +349,8 @@ def _write_output_shard(fs_in, in_shards, slices, parts, counts, fs_out, out_roo
     overlap. The task holding a tar's last slice reads to its end and reports the kept rows that
     had no sample there.
     """
+    from nemo_aesthetic.engine.sources import shard_samples  # (the engine imports torch: on the worker only)
+
     written_rows, missing = [], []
     next_index = 0
     with TarShardWriter(fs_out, posixpath.join(out_root, f"{name}.tar")) as writer:
@@ -357,9 +360,9 @@ def _write_output_shard(fs_in, in_shards, slices, parts, counts, fs_out, out_roo
             last_slice = stop == counts[part_no]
             counted: set[int] = set()
             new_ids: dict[int, str] = {}
-            if shard.tar is not None:
+            if shard.tar is not None or shard.source is not None:
                 try:
-                    for sample in iter_samples(fs_in, shard.tar):
+                    for sample in shard_samples(shard, fs_in):
                         pos = index.position(sample.key)
                         if pos is None or not sample.complete or sample.refused:  # cut off or unread: not copied
                             continue

@@ -61,6 +61,9 @@ class Shard:
     parquet: str | None
     tar: str | None
     stats: str | None = None
+    #: For a shard of another layout (a folder chunk, a Parquet with image bytes): where its
+    #: images are (:class:`~nemo_aesthetic.engine.sources.Partition`); ``tar`` is then None.
+    source: object = None
 
 
 @dataclasses.dataclass
