@@ -75,8 +75,9 @@ def layouts_line() -> str:
 
 
 def detect_layout(path: str, storage_options: dict | None = None) -> str:
-    """The layout of ``path``: a ``.parquet`` file or a directory of Parquet files without tars is
-    ``parquet``, a directory with tars ``webdataset``, a directory with image files ``folder``.
+    """The layout of ``path``: a directory with tars is ``webdataset``; a ``.parquet`` file, or a
+    directory of Parquet files with an image column, ``parquet`` (without one, they are shard
+    metadata whose tars are elsewhere: ``webdataset``); a directory with image files ``folder``.
     Raises :class:`LayoutError` naming the layouts we read when none matches."""
     from nemo_aesthetic.engine.folder_source import has_image_files
 
@@ -88,15 +89,33 @@ def detect_layout(path: str, storage_options: dict | None = None) -> str:
         if root.lower().endswith(".parquet"):
             return "parquet"
         raise LayoutError(f"{path} is a file, not a dataset; we read {layouts_line()}")
-    names = [posixpath.basename(p.rstrip("/")).lower() for p in fs.ls(root, detail=False)]
+    paths = sorted(fs.ls(root, detail=False))
+    names = [posixpath.basename(p.rstrip("/")).lower() for p in paths]
     if any(n.endswith((".tar", ".tar.gz", ".tgz")) for n in names):
         return "webdataset"
-    if any(n.endswith(".parquet") for n in names) or has_parquet_below(fs, root):
+    parquets = [p for p, n in zip(paths, names) if n.endswith(".parquet") and not n.startswith(".")]
+    if parquets:  # image bytes in the rows, or the metadata of shards whose tars are elsewhere
+        return "parquet" if _holds_images(fs, parquets[0]) else "webdataset"
+    if has_parquet_below(fs, root):
         return "parquet"
     if has_image_files(fs, root):
         return "folder"
     raise LayoutError(f"{path} holds no images in a layout we read; we read {layouts_line()} "
                       "(name one with layout=/--layout)")
+
+
+def _holds_images(fs, path: str) -> bool:
+    """True if a Parquet file has an image column (its footer only)."""
+    import pyarrow.parquet as pq
+
+    from nemo_aesthetic.engine.parquet_source import image_column_of
+
+    try:
+        with fs.open(path, "rb") as f:
+            image_column_of(pq.read_schema(f), None, path)
+        return True
+    except Exception:  # not readable, or no image column: shard metadata (from_webdataset says why)
+        return False
 
 
 def has_parquet_below(fs, root: str) -> bool:
