@@ -184,11 +184,19 @@ def _malloc_trim():
 def cuda_cluster_kwargs(gpu_options: dict, cluster_kwargs: dict) -> dict:
     """``LocalCUDACluster`` keywords for get_client's GPU options, as NeMo Curator 0.x maps them.
 
-    ``enable_spilling`` becomes cuDF spilling on the workers; ``nvlink_only`` with UCX turns on
+    ``enable_spilling`` becomes cuDF spilling on the workers, where cuDF is installed: dask-cuda's
+    ``LocalCUDACluster(enable_cudf_spill=True)`` imports cuDF in its constructor (dask-cuda 26.10),
+    so on a torch-only GPU machine the default would stop the cluster from starting; there it is
+    left off and logged once (there is no cuDF memory to spill). ``nvlink_only`` with UCX turns on
     UCX over NVLink only. RMM options are dropped (with a warning) when RMM is not installed,
     where dask-cuda would otherwise fail every worker at start-up.
     """
-    kwargs = {"protocol": gpu_options["protocol"], "enable_cudf_spill": gpu_options["enable_spilling"]}
+    spill = gpu_options["enable_spilling"]
+    if spill and "enable_cudf_spill" not in cluster_kwargs and not _has_module("cudf"):
+        _log_once("enable_spilling=True: cuDF is not installed, so LocalCUDACluster starts without "
+                  "enable_cudf_spill (dask-cuda imports cuDF for it; there is no cuDF memory to spill)")
+        spill = False
+    kwargs = {"protocol": gpu_options["protocol"], "enable_cudf_spill": spill}
     rmm_options = {k: gpu_options[k] for k in ("rmm_pool_size", "rmm_async", "rmm_maximum_pool_size",
                                                "rmm_managed_memory", "rmm_release_threshold")}
     if _has_module("rmm"):
@@ -202,6 +210,15 @@ def cuda_cluster_kwargs(gpu_options: dict, cluster_kwargs: dict) -> dict:
         kwargs.update(enable_tcp_over_ucx=True, enable_nvlink=True, enable_infiniband=False, enable_rdmacm=False)
     kwargs.update(cluster_kwargs)  # the caller's own LocalCUDACluster keywords win
     return kwargs
+
+
+_LOGGED_ONCE: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _LOGGED_ONCE:
+        _LOGGED_ONCE.add(message)
+        logger.warning(message)
 
 
 def _has_module(name: str) -> bool:

@@ -88,7 +88,7 @@ def embeddings_to_series(matrix: np.ndarray, valid: np.ndarray, index, like=None
     if like is not None and _is_cudf(like):
         import cudf
 
-        return cudf.Series.from_arrow(arr.cast(pa.list_(pa.float32()))).set_axis(index)
+        return _with_index(cudf.Series.from_arrow(arr.cast(pa.list_(pa.float32()))), index)
     return pd.Series(pd.arrays.ArrowExtensionArray(arr), index=index)
 
 
@@ -255,5 +255,32 @@ def _empty_list_series(index, like=None):
     if like is not None and _is_cudf(like):
         import cudf
 
-        return cudf.Series([], dtype=cudf.ListDtype("float32")).set_axis(index)
+        return _with_index(cudf.Series([], dtype=cudf.ListDtype("float32")), index)
     return pd.Series(pd.array([], dtype=pd.ArrowDtype(pa.list_(pa.float32()))), index=index)
+
+
+def _with_index(series, index):
+    """A cuDF series labelled by ``index`` (cuDF has no ``Series.set_axis``; its ``index`` setter
+    takes any index-like of the same length, as pandas' does)."""
+    series.index = index
+    return series
+
+
+def host_array(values) -> np.ndarray:
+    """A numpy copy of ``values`` wherever they live: CuPy refuses the implicit ``np.asarray``
+    (its arrays raise TypeError), so device arrays are copied with ``cupy.asnumpy``."""
+    if type(values).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy.asnumpy(values)
+    return np.asarray(values)
+
+
+def as_tensor(values):
+    """A torch tensor sharing the memory of ``values``: a numpy array, or a CuPy array on cuDF
+    (through DLPack, which orders the two libraries' CUDA streams; no host round-trip)."""
+    import torch
+
+    if type(values).__module__.startswith("cupy"):
+        return torch.from_dlpack(values)
+    return torch.as_tensor(values)

@@ -176,6 +176,45 @@ def bad_quant_table(jpeg: bytes) -> bytes:
     return bytes(data)
 
 
+def oversampled(jpeg: bytes) -> bytes:
+    """A baseline JPEG whose markers are whole but whose sampling factors (4x4 on every component,
+    48 blocks per MCU) no decoder takes: it reaches decode_jpeg, which refuses it (libjpeg:
+    "Sampling factors too large for interleaved scan"), and PIL refuses it too."""
+    data = bytearray(jpeg)
+    sof = data.index(b"\xff\xc0")
+    for i in range(data[sof + 9]):
+        data[sof + 11 + 3 * i] = 0x44
+    return bytes(data)
+
+
+def corrupt_jpegs(jpeg: bytes) -> dict[str, bytes]:
+    """``jpeg`` damaged in ways whose headers still parse (what nvJPEG may decode into garbage
+    instead of refusing), by name."""
+    sos = jpeg.index(b"\xff\xda")
+    scan = sos + 2 + int.from_bytes(jpeg[sos + 2:sos + 4], "big")
+    dht = jpeg.index(b"\xff\xc4")
+    dht_end = dht + 2 + int.from_bytes(jpeg[dht + 2:dht + 4], "big")
+    out = {}
+    data = bytearray(jpeg)
+    data[scan + 500:scan + 520] = b"\xff\x12" * 10
+    out["stray_marker_in_scan"] = bytes(data)
+    data = bytearray(jpeg)
+    data[dht + 5:dht + 25] = b"\xff" * 20
+    out["garbled_huffman_table"] = bytes(data)
+    data = bytearray(jpeg)
+    data[sos + 5] = 0x77
+    out["scan_names_no_component"] = bytes(data)
+    data = bytearray(jpeg)
+    data[sos + 6] = 0x33
+    out["scan_names_undefined_tables"] = bytes(data)
+    out["huffman_tables_missing"] = jpeg[:dht] + jpeg[dht_end:]
+    data = bytearray(jpeg)
+    data[scan + 200:scan + 210] = b"\x00\x00\x00\xff\xd9\x00\x00\x00\x00\x00"
+    out["eoi_inside_the_scan"] = bytes(data)
+    out["oversampled"] = oversampled(jpeg)
+    return out
+
+
 def decode_corpus() -> dict[str, bytes]:
     """What the batched tensor path must route right, by name: web-photo JPEGs of several sizes
     (two equal, so they share a resize call), 4:4:4 chroma, grayscale, and what must go to PIL

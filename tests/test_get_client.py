@@ -254,3 +254,41 @@ def test_freed_memory_releaser_runs_at_most_once_per_interval(monkeypatch):
     time.sleep(0.25)
     release()
     assert len(calls) == 2
+
+
+def test_gpu_cluster_without_cudf_starts_without_cudf_spilling(monkeypatch, caplog):
+    """dask-cuda's LocalCUDACluster imports cuDF when enable_cudf_spill is set: on a GPU machine with
+    torch but no cuDF the default enable_spilling=True must not ask for it (said once in the log)."""
+    from nemo_aesthetic import distributed
+    from nemo_aesthetic.distributed import GPU_ONLY_DEFAULTS, cuda_cluster_kwargs
+
+    real = distributed._has_module
+    monkeypatch.setattr(distributed, "_has_module", lambda name: False if name == "cudf" else real(name))
+    monkeypatch.setattr(distributed, "_LOGGED_ONCE", set())
+    with caplog.at_level("WARNING", logger="nemo_aesthetic.distributed"):
+        first = cuda_cluster_kwargs(dict(GPU_ONLY_DEFAULTS), {})
+        second = cuda_cluster_kwargs(dict(GPU_ONLY_DEFAULTS), {})
+    assert first["enable_cudf_spill"] is False and second["enable_cudf_spill"] is False
+    assert sum("cuDF is not installed" in r.getMessage() for r in caplog.records) == 1
+    # where cuDF imports, the upstream default stands; a caller's own keyword always wins
+    monkeypatch.setattr(distributed, "_has_module", lambda name: True if name == "cudf" else real(name))
+    assert cuda_cluster_kwargs(dict(GPU_ONLY_DEFAULTS), {})["enable_cudf_spill"] is True
+    assert cuda_cluster_kwargs(dict(GPU_ONLY_DEFAULTS), {"enable_cudf_spill": True})["enable_cudf_spill"] is True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("dask_cuda") is None, reason="dask-cuda is not installed")
+def test_gpu_cluster_starts_with_default_options_whether_or_not_cudf_is_installed():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from nemo_aesthetic.distributed import get_client
+
+    client = get_client(cluster_type="gpu", n_workers=1)
+    try:
+        assert len(client.scheduler_info()["workers"]) >= 1
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()

@@ -146,3 +146,45 @@ def test_local_cuda_cluster(tmp_path):
         workers = client.scheduler_info()["workers"].values()
         assert len(workers) == torch.cuda.device_count()
         assert {w["nthreads"] for w in workers} == {2}
+
+
+def test_batches_prepared_while_the_device_is_busy_equal_batches_prepared_alone(tiny_model):
+    """nvJPEG writes on its own stream into memory allocated on the preparing stream: decoding the
+    same batches again, pipelined with other batches and a busy model stream, must give identical
+    tensors (memory still being read would show as corrupted pixels)."""
+    from nemo_aesthetic.image.tensor_preprocess import DeviceBatchPreprocessor, TensorBatchPreprocessor
+
+    batcher = TensorBatchPreprocessor(tiny_model, "cuda")
+    batches = [[web_photo(100 + 8 * b + i) for i in range(8)] for b in range(6)]
+    alone = []
+    for payloads in batches:
+        alone.append(torch.stack(batcher(payloads).per_payload(len(payloads))).cpu())
+        torch.cuda.synchronize()
+    load = torch.randn(4096, 4096, device="cuda")
+    with DeviceBatchPreprocessor(batcher, threads=4, prep_threads=3) as prep:
+        for _ in range(3):
+            waits = [prep.start(p) for p in batches]
+            for wait, expected in zip(waits, alone):
+                for _ in range(4):
+                    load = load @ load.T / 4096  # keep the model's stream busy
+                got = torch.stack(wait()).cpu()
+                assert torch.equal(got, expected)
+    torch.cuda.synchronize()
+
+
+def test_corrupt_jpegs_get_the_cpu_paths_outcome_on_nvjpeg(tiny_model):
+    from factory import corrupt_jpegs
+
+    from nemo_aesthetic.image.preprocess import ImageDecodeError, cpu_transform, make_preprocessor
+    from nemo_aesthetic.image.tensor_preprocess import TensorBatchPreprocessor
+
+    cases = corrupt_jpegs(web_photo(60, long_side=(640, 700)))
+    pil = make_preprocessor(cpu_transform(tiny_model))
+    results = TensorBatchPreprocessor(tiny_model, "cuda")(list(cases.values())).per_payload(len(cases))
+    for (name, data), ours in zip(cases.items(), results):
+        try:
+            reference = pil(data)
+        except ImageDecodeError as exc:
+            assert isinstance(ours, ImageDecodeError) and str(ours) == str(exc), name
+            continue
+        assert float((ours.float().cpu() - reference).abs().mean()) < 0.02, name

@@ -8,7 +8,8 @@ for the GPU (a forward running on another stream keeps running). On the CPU the 
 with libjpeg-turbo through torchvision, which is how CI measures it against the PIL reference.
 
 Only JPEGs whose decode is known to match PIL's go to ``decode_jpeg``: baseline 8-bit YCbCr or
-grayscale, complete (ending in EOI). Everything else - PNG/WebP/GIF, CMYK or Adobe/RGB JPEGs,
+grayscale, structurally whole (tables, one scan, restart markers, ending in EOI; see
+:mod:`~nemo_aesthetic.image.jpeg_markers`). Everything else - PNG/WebP/GIF, CMYK or Adobe/RGB JPEGs,
 progressive, arithmetic-coded, truncated, or anything ``decode_jpeg`` refuses - is decoded by the
 CPU path's own PIL code (:func:`~nemo_aesthetic.image.preprocess.decode_image`) in a thread pool,
 so it gets the same pixels and the same per-row reason as on the CPU path.
@@ -16,7 +17,6 @@ so it gets the same pixels and the same per-row reason as on the CPU path.
 from __future__ import annotations
 
 import dataclasses
-import struct
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from nemo_aesthetic.engine import BatchPreprocessor
+from nemo_aesthetic.image.jpeg_markers import JpegHeader, device_decodable, jpeg_header  # noqa: F401
 from nemo_aesthetic.image.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
@@ -36,74 +37,6 @@ from nemo_aesthetic.image.preprocess import (
 # per call would flood the logs of a job decoding thousands of batches.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
-
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4 DHT, C8 JPG, CC DAC are not frames
-_BASELINE = 0xC0
-
-
-@dataclasses.dataclass(frozen=True)
-class JpegHeader:
-    """What a JPEG's markers say before its first scan (parsed without decoding anything)."""
-
-    width: int
-    height: int
-    components: int
-    frame: int                 # SOF marker: 0xC0 baseline, 0xC2 progressive, ...
-    precision: int             # bits per sample
-    component_ids: tuple
-    adobe_transform: int | None  # an Adobe APP14 segment's colour transform (0: none/RGB, 1: YCbCr, 2: YCCK)
-    jfif: bool
-
-
-def jpeg_header(data: bytes) -> JpegHeader | None:
-    """Parse the markers of ``data`` up to its frame header; None if it is not a well-formed JPEG
-    start. A few microseconds per image, where PIL's ``Image.open`` takes ~60 (issue 14)."""
-    if not data.startswith(b"\xff\xd8"):
-        return None
-    pos, end, adobe, jfif = 2, len(data), None, False
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
-            pos += 2
-            continue
-        length = struct.unpack_from(">H", data, pos + 2)[0]
-        body = pos + 4
-        if length < 2 or body + length - 2 > end:
-            return None
-        if marker == 0xE0 and data.startswith(b"JFIF\0", body):
-            jfif = True
-        elif marker == 0xEE and data.startswith(b"Adobe", body) and length >= 14:
-            adobe = data[body + 11]
-        elif marker in _SOF_MARKERS:
-            if length < 8:
-                return None
-            precision, height, width, count = struct.unpack_from(">BHHB", data, body)
-            ids = tuple(data[body + 6 + 3 * i] for i in range(count) if body + 6 + 3 * i < end)
-            return JpegHeader(width, height, count, marker, precision, ids, adobe, jfif)
-        elif marker == 0xDA:  # a scan before any frame header
-            return None
-        pos = body + length - 2
-    return None
-
-
-def device_decodable(header: JpegHeader | None, data: bytes) -> bool:
-    """True when ``decode_jpeg`` gives the pixels PIL gives: a complete baseline 8-bit JPEG, grayscale
-    or YCbCr. (libjpeg reads 3 channels as RGB when an Adobe marker says "no transform" or, with no
-    JFIF marker, the component ids are 'R','G','B'; those go to PIL.)"""
-    if header is None or header.frame != _BASELINE or header.precision != 8 or header.width * header.height == 0:
-        return False
-    if header.components == 3:
-        if header.adobe_transform not in (None, 1) or (not header.jfif and header.component_ids == (82, 71, 66)):
-            return False
-    elif header.components != 1:
-        return False  # CMYK/YCCK
-    return data.rfind(b"\xff\xd9", max(0, len(data) - 64)) >= 0  # truncated files go to PIL for its reason
-
 
 def _timm_steps(model) -> tuple[list, object]:
     """timm's eval transform for ``model`` split into its geometric steps (applied to uint8 tensors
@@ -126,6 +59,28 @@ def _timm_steps(model) -> tuple[list, object]:
     if normalize is None:
         raise ValueError("this model's transform does not normalise; use the PIL path (decode='pil')")
     return geometry, normalize
+
+
+#: The oldest torchvision this path runs on: ``decode_jpeg`` takes a list (nvJPEG's batched decoder,
+#: pytorch/vision#8496, released in 0.19); older versions raise a TypeError on the list. setup.cfg
+#: pins the same (0.20, with the decoder's first round of fixes).
+MIN_TORCHVISION = (0, 20)
+
+
+def check_torchvision(version: str | None = None) -> None:
+    """ImportError naming the fix when the installed torchvision cannot decode a batch."""
+    import re
+
+    if version is None:
+        import torchvision
+
+        version = torchvision.__version__
+    parts = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+    if parts < MIN_TORCHVISION:
+        need = ".".join(map(str, MIN_TORCHVISION))
+        raise ImportError(f"tensor preprocessing needs torchvision>={need} (batched decode_jpeg); "
+                          f"torchvision {version} is installed: pip install 'torchvision>={need}', "
+                          f"or decode with PIL (decode='pil')")
 
 
 @dataclasses.dataclass
@@ -159,6 +114,7 @@ class TensorBatchPreprocessor:
     def __init__(self, model, device: str, max_pixels: int = DEFAULT_MAX_PIXELS, dtype=None):
         import torch
 
+        check_torchvision()
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.max_pixels = max_pixels
@@ -234,17 +190,39 @@ class TensorBatchPreprocessor:
             raws.append(joined[start:start + len(blob)])
             start += len(blob)
         mode = ImageReadMode.GRAY if gray else ImageReadMode.RGB
-        try:
-            decoded = decode_jpeg(raws, mode=mode, device=self.device)
-        except RuntimeError:  # one bad image fails the batched call: find it image by image
-            decoded = []
-            for raw in raws:
-                try:
-                    decoded.append(decode_jpeg(raw, mode=mode, device=self.device))
-                except RuntimeError:
-                    decoded.append(None)
+        self._order_before_device_decode()
+        decoded = self._decode_or_split(raws, mode, decode_jpeg)
         # a gray JPEG becomes RGB by repeating its channel, as PIL's convert("RGB") does
         return [x.expand(3, -1, -1) if gray and x is not None else x for x in decoded]
+
+    def _decode_or_split(self, raws: list, mode, decode_jpeg) -> list:
+        """One batched call; if it fails (one refused image fails the whole call), each half is
+        tried as a batch again, so k refused images cost about ``2 k log2(n)`` calls and every other
+        image is still decoded in a batch; a refused image alone becomes None."""
+        try:
+            return list(decode_jpeg(raws, mode=mode, device=self.device))
+        except RuntimeError:
+            if len(raws) == 1:
+                return [None]
+            half = len(raws) // 2
+            return (self._decode_or_split(raws[:half], mode, decode_jpeg)
+                    + self._decode_or_split(raws[half:], mode, decode_jpeg))
+
+    def _order_before_device_decode(self) -> None:
+        """Let the calling stream's queued work finish before nvJPEG writes.
+
+        torchvision's CUDA decoder allocates its outputs on the calling thread's current stream but
+        writes them on nvJPEG's own stream, which waits for nothing (``decode_jpegs_cuda.cpp``). The
+        caching allocator hands this stream memory freed by its earlier batches as soon as their
+        kernels are *queued*, so without this wait nvJPEG could overwrite pixels the previous
+        batch's resize has not read yet. Only this preparing thread's stream is waited for (the
+        forward pass on the model's stream keeps running); the decoder itself synchronises its own
+        stream before returning, so its outputs are complete when ``decode_jpeg`` returns.
+        """
+        if self.cuda:
+            import torch
+
+            torch.cuda.current_stream(self.device).synchronize()
 
     def _pil_decode(self, data: bytes):
         """The CPU path's decode (same pixels, same reasons) as an HWC uint8 tensor, pinned on CUDA."""
@@ -279,25 +257,26 @@ class TensorBatchPreprocessor:
 
 class DeviceBatchPreprocessor(BatchPreprocessor):
     """The engine's decode step on the tensor path: each batch goes whole to a
-    :class:`TensorBatchPreprocessor` on one background thread, so batch N+1 is decoded while the
-    model runs on batch N.
+    :class:`TensorBatchPreprocessor` on one of ``prep_threads`` background threads, so batch N+1 is
+    decoded while batch N is resized and the model runs on batch N-1.
 
-    On CUDA that thread works on its own CUDA stream: its decode, resize and normalise kernels run
-    beside the forward pass instead of queueing behind it. ``wait()`` (called on the model's thread)
-    makes the model's stream wait for the batch's event on the device - the host does not block -
-    and marks the batch as used by that stream so its memory is not recycled too early. Payloads
-    that need PIL are decoded by ``threads`` threads.
+    On CUDA each preparing thread works on its own CUDA stream: its decode, resize and normalise
+    kernels run beside the forward pass instead of queueing behind it. ``wait()`` (called on the
+    model's thread) makes the model's stream wait for the batch's event on the device - the host
+    does not block - and marks the batch as used by that stream so its memory is not recycled too
+    early. Payloads that need PIL are decoded by ``threads`` threads.
     """
 
-    def __init__(self, batcher: TensorBatchPreprocessor, threads: int = 4, dtype=None):
-        import torch
+    def __init__(self, batcher: TensorBatchPreprocessor, threads: int = 4, dtype=None, prep_threads: int = 2):
+        import threading
 
         super().__init__(per_image=None, threads=threads)
         self.batcher = batcher
         self.dtype = dtype
-        self._prep = ThreadPoolExecutor(1, thread_name_prefix="device-prep")
+        self.prep_threads = max(1, prep_threads)
+        self._prep = ThreadPoolExecutor(self.prep_threads, thread_name_prefix="device-prep")
         self._pil = ThreadPoolExecutor(self.threads, thread_name_prefix="pil-decode")
-        self._stream = torch.cuda.Stream(batcher.device) if batcher.cuda else None
+        self._local = threading.local()  # each preparing thread's own CUDA stream
 
     def start(self, payloads: list[bytes]) -> Callable[[], list]:
         import torch
@@ -323,12 +302,15 @@ class DeviceBatchPreprocessor(BatchPreprocessor):
     def _prepare(self, payloads: list[bytes]):
         import torch
 
-        if self._stream is None:
+        if not self.batcher.cuda:
             return self.batcher(payloads, self._pil, self.dtype), None
-        with torch.cuda.stream(self._stream):
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(self.batcher.device)
+        with torch.cuda.stream(stream):
             batch = self.batcher(payloads, self._pil, self.dtype)
             ready = torch.cuda.Event()
-            ready.record(self._stream)
+            ready.record(stream)
         return batch, ready
 
     def close(self) -> None:

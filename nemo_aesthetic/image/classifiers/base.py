@@ -128,6 +128,7 @@ class ImageClassifier(ABC):
 
         out = df.drop(columns=[self.pred_column], errors="ignore")
         matrix, valid = frames.embeddings_to_matrix(df[self.embedding_column])
+        valid = frames.host_array(valid).astype(bool, copy=False)  # a CuPy mask on cuDF
         chunks = []
         if valid.any():
             self.check_embedding_dim(matrix.shape[1], source=f"column {self.embedding_column!r}")
@@ -138,7 +139,7 @@ class ImageClassifier(ABC):
                 for start in range(0, len(df), step):
                     with warnings.catch_warnings():  # a zero-copy Arrow buffer is read-only; we only read it
                         warnings.simplefilter("ignore", UserWarning)
-                        chunk = torch.as_tensor(matrix[start:start + step]).to(device)
+                        chunk = frames.as_tensor(matrix[start:start + step]).to(device)
                     chunks.append(scorer(chunk).float().cpu().numpy().reshape(len(chunk), -1))
         raw = np.concatenate(chunks) if chunks else np.zeros(len(df), np.float32)
         host_index = out.index.to_pandas() if hasattr(out.index, "to_pandas") else out.index

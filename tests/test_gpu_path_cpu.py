@@ -1,0 +1,189 @@
+"""The GPU path's cuDF/CuPy and CUDA-only steps, exercised on the CPU (issue 22).
+
+cuDF and CuPy need CUDA to import, so these tests use the fakes in ``fake_rapids`` (only API the
+real libraries have, with their refusals); tests/test_gpu.py runs the real thing on a GPU.
+"""
+import numpy as np
+import pytest
+
+import fake_rapids
+from nemo_aesthetic import frames
+
+
+@pytest.fixture
+def cudf(monkeypatch):
+    fake_rapids.install(monkeypatch)
+    import cudf
+
+    return cudf
+
+
+def test_cudf_embedding_columns_are_built_without_set_axis(cudf):
+    """The graph is built with empty columns on cuDF meta (empty_like_with): cuDF has no
+    Series.set_axis, so the columns must take their index another way."""
+    meta = cudf.DataFrame({"key": cudf.Series([], dtype="str")})
+    out = frames.empty_like_with(meta, {"emb": "embedding:4", "any": "embedding:?", "score": "float32"})
+    assert list(out.columns) == ["key", "emb", "any", "score"] and len(out) == 0
+    partition = cudf.DataFrame({"key": cudf.Series(["a", "b", "c"])}, index=[10, 11, 12])
+    series = frames.embeddings_to_series(np.arange(12, dtype=np.float32).reshape(3, 4),
+                                         np.array([True, False, True]), partition.index, like=partition)
+    assert type(series).__module__ == "cudf"
+    assert list(series.index.to_pandas()) == [10, 11, 12]
+    host = series.to_pandas()
+    assert host[11] is None and list(host[12]) == [8.0, 9.0, 10.0, 11.0]
+
+
+class _Doubler:
+    """A classifier whose model doubles the first embedding value (a real torch computation)."""
+
+    def __new__(cls):
+        from nemo_aesthetic.image.classifiers.base import ImageClassifier
+
+        class Doubler(ImageClassifier):
+            def load_model(self, device):
+                return lambda x: x[:, 0] * 2
+
+        return Doubler("doubler", "emb", "score", embedding_size=4, device="cpu")
+
+
+def test_classifier_scores_a_cudf_partition_with_a_cupy_validity_mask(cudf):
+    """On cuDF, embeddings_to_matrix gives CuPy arrays; CuPy refuses np.asarray, so the classifier
+    converts explicitly and rows without an embedding get a null score."""
+    import pyarrow as pa
+
+    emb = cudf.Series.from_arrow(pa.array([[1, 0, 0, 0], None, [3, 0, 0, 0]], type=pa.list_(pa.float32())))
+    df = cudf.DataFrame({"emb": emb}, index=[5, 6, 7])
+    got, valid = frames.embeddings_to_matrix(df["emb"])
+    with pytest.raises(TypeError, match="Implicit conversion"):  # the fake refuses as CuPy does
+        np.asarray(valid, dtype=bool)
+    out = _Doubler()._score_partition(df).to_pandas()
+    assert out["score"].iloc[0] == 2.0 and np.isnan(out["score"].iloc[1]) and out["score"].iloc[2] == 6.0
+
+
+# ------------------------------------------------------------------ the tensor decode path
+@pytest.fixture(scope="module")
+def tiny_model():
+    import timm
+    import torch
+    from factory import TINY_KWARGS, TINY_MODEL
+
+    torch.manual_seed(0)
+    return timm.create_model(TINY_MODEL, pretrained=False, **TINY_KWARGS).eval()
+
+
+def test_device_decoder_never_writes_while_the_stream_still_reads(tiny_model, monkeypatch):
+    """torchvision allocates decode_jpeg's outputs on the calling stream and nvJPEG writes them on its
+    own stream: the calling stream's queued kernels (the previous batch's resize) must have finished
+    first, or the new pixels land in memory they still read. CUDA's streams are faked here (log of
+    calls); tests/test_gpu.py decodes the same batches twice under load on a real GPU."""
+    import torch
+    import torchvision.io
+    from factory import web_photo
+
+    from nemo_aesthetic.image.tensor_preprocess import TensorBatchPreprocessor
+
+    log = []
+
+    class FakeStream:
+        def synchronize(self):
+            log.append("stream drained")
+
+    real = torchvision.io.decode_jpeg
+
+    def decode(data, *args, **kwargs):
+        log.append("device decode")
+        return real(data, *args, **kwargs)
+
+    batcher = TensorBatchPreprocessor(tiny_model, "cpu")
+    batcher.cuda = True  # take the CUDA ordering path; the kernels themselves run on the CPU
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", decode)
+    for seed in range(3):
+        batch = batcher([web_photo(40 + seed, long_side=(300, 400)), web_photo(50 + seed, long_side=(300, 400))])
+        assert batch.rows == [0, 1]
+    assert log == ["stream drained", "device decode"] * 3
+
+
+def test_corrupt_jpegs_are_refused_on_the_device_path_as_on_the_cpu_path(tiny_model, monkeypatch):
+    """nvJPEG may hand back uninitialised memory for a damaged JPEG whose header parses. With a
+    device decoder that does exactly that (never refuses, returns random pixels), every damaged
+    image still gets the CPU path's outcome: PIL's reason where PIL refuses, PIL's pixels where
+    it decodes (libjpeg's fill for a damaged scan), never the decoder's garbage."""
+    import torch
+    import torchvision.io
+    from factory import corrupt_jpegs, web_photo
+
+    from nemo_aesthetic.image.jpeg_markers import jpeg_header
+    from nemo_aesthetic.image.preprocess import ImageDecodeError, cpu_transform, make_preprocessor
+    from nemo_aesthetic.image.tensor_preprocess import TensorBatchPreprocessor
+
+    def uninitialised(raws, mode=None, device=None):
+        out = []
+        for raw in raws:
+            header = jpeg_header(raw.numpy().tobytes())
+            out.append(torch.randint(0, 256, (1 if mode.name == "GRAY" else 3, header.height, header.width),
+                                     dtype=torch.uint8))
+        return out
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", uninitialised)
+    cases = corrupt_jpegs(web_photo(60, long_side=(640, 700)))
+    pil = make_preprocessor(cpu_transform(tiny_model))
+    results = TensorBatchPreprocessor(tiny_model, "cpu")(list(cases.values())).per_payload(len(cases))
+    refused = 0
+    for (name, data), ours in zip(cases.items(), results):
+        try:
+            reference = pil(data)
+        except ImageDecodeError as exc:
+            refused += 1
+            assert isinstance(ours, ImageDecodeError) and str(ours) == str(exc), name
+            continue
+        assert not isinstance(ours, Exception), (name, ours)
+        diff = (ours - reference).abs()  # the tensor path's resize of PIL's pixels, not the fake's noise
+        assert float(diff.mean()) < 0.01 and float(diff.max()) < 0.2, (name, float(diff.max()))
+    assert refused >= 4  # the corpus holds damage that PIL refuses, not only damage it decodes
+
+
+def test_one_refused_image_does_not_send_its_batch_one_at_a_time(tiny_model, monkeypatch):
+    """nvJPEG refuses a whole batched call for one image it does not take: the rest are still
+    decoded in batches (halving), and the refused one goes to PIL."""
+    import torchvision.io
+    from factory import web_photo
+
+    from nemo_aesthetic.image.tensor_preprocess import TensorBatchPreprocessor
+
+    payloads = [web_photo(70 + i, long_side=(200, 260)) for i in range(17)]
+    refused = payloads[5]
+    sizes = []
+    real = torchvision.io.decode_jpeg
+
+    def decoder_refusing_one(data, *args, **kwargs):  # as nvJPEG: one bad image fails the call
+        sizes.append(len(data))
+        if any(raw.numpy().tobytes() == refused for raw in data):
+            raise RuntimeError("Error while decoding JPEG images: Failed to decode batch: 6")
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", decoder_refusing_one)
+    batch = TensorBatchPreprocessor(tiny_model, "cpu")(payloads)
+    assert batch.rows == list(range(17)) and not batch.failures  # the refused one decoded by PIL
+    assert sizes[0] == 17 and len(sizes) <= 2 * 5 + 1  # halving: about 2 log2(17) calls, not 1 + 17
+    assert sum(1 for n in sizes if n == 1) <= 2  # only the refused image and its neighbour alone
+
+
+def test_torchvision_too_old_for_batched_decoding_is_refused_by_name(tiny_model, monkeypatch):
+    import configparser
+    import pathlib
+    import re
+
+    import torchvision
+
+    from nemo_aesthetic.image.tensor_preprocess import MIN_TORCHVISION, TensorBatchPreprocessor, check_torchvision
+
+    assert MIN_TORCHVISION >= (0, 19)  # decode_jpeg(list) arrived in 0.19 (pytorch/vision#8496)
+    cfg = configparser.ConfigParser()
+    cfg.read(pathlib.Path(__file__).parents[1] / "setup.cfg")
+    pin = re.search(r"torchvision>=(\d+)\.(\d+)", cfg["options"]["install_requires"])
+    assert pin and (int(pin[1]), int(pin[2])) >= MIN_TORCHVISION  # pip never installs one that fails
+    check_torchvision("0.29.1")
+    monkeypatch.setattr(torchvision, "__version__", "0.18.1+cu121")
+    with pytest.raises(ImportError, match=r"torchvision>=0\.20.*0\.18\.1.*decode='pil'"):
+        TensorBatchPreprocessor(tiny_model, "cpu")
