@@ -1,9 +1,9 @@
 """The ``folder`` source: image files under a directory, recursively, in a stable sorted order.
 
-The driver walks the tree one directory at a time and keeps only counts: a partition is
-``(directory, start, stop)``, a slice of that directory's image files sorted by name, so a folder
-of a million files is never one list on the driver. The worker lists its directory again and
-reads its slice.
+The driver walks the tree one directory at a time and keeps one small spec per partition: a
+partition is ``(directory, first name, last name)``, a run of that directory's image files sorted
+by name, so a folder of a million files is never one list on the driver. The worker lists its
+directory again and reads the files in its run.
 
 Every file whose name ends in an image extension (:data:`FOLDER_EXTENSIONS`, any case) is a row;
 a file next to it with the same stem and ``.txt`` is its caption. Each row's key is its path
@@ -70,10 +70,11 @@ def partitions(path: str, storage_options: dict, per_partition: int) -> Iterator
         raise NotADirectoryError(f"folder source is not a directory: {path}")
     index = 0
     for directory, names in _walk(fs, root):
-        count = sum(map(is_image_name, names))
-        for start in range(0, count, per_partition):
-            yield Partition("folder", f"{index:05d}", path, directory=directory, start=start,
-                            stop=min(count, start + per_partition))
+        names = sorted(filter(is_image_name, names))
+        for start in range(0, len(names), per_partition):
+            stop = min(len(names), start + per_partition)
+            yield Partition("folder", f"{index:05d}", path, directory=directory, start=start, stop=stop,
+                            first=names[start], last=names[stop - 1])
             index += 1
 
 
@@ -87,7 +88,8 @@ def _files(partition: Partition, storage_options: dict):
     else:
         names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(directory, detail=False)
                  if not fs.isdir(p)]
-    return fs, root, directory, sorted(n for n in names if is_image_name(n))[partition.start:partition.stop]
+    mine = sorted(n for n in names if partition.first <= n <= partition.last and is_image_name(n))
+    return fs, root, directory, mine
 
 
 def _url(fs, path: str) -> str:

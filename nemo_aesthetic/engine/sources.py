@@ -57,7 +57,9 @@ class Partition:
         name: the partition's name, unique in its dataset: the stem of its output Parquet.
         path: the tar, the Parquet file, or the folder (local path or fsspec URL).
         directory: ``folder``: the directory, relative to ``path`` ("" for the top).
-        start, stop: ``folder``: the slice of that directory's image files (sorted by name).
+        start, stop: ``folder``: the slice of that directory's image files (sorted by name)...
+        first, last: ``folder``: ...and the names it starts and ends with, so that a worker takes
+            its files by name (a directory of a million files is listed, not sorted, per partition).
         image_column: ``parquet``: the image column (None: found from the file's schema).
     """
 
@@ -67,6 +69,8 @@ class Partition:
     directory: str = ""
     start: int = 0
     stop: int = 0
+    first: str = ""
+    last: str = ""
     image_column: str | None = None
 
 
