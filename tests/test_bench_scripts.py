@@ -44,4 +44,4 @@ def test_sources_smoke():
     out = _run(os.path.join(BENCH, "sources.py"), "--smoke")
     for layout in ("folder", "img2dataset parquet", "hugging face parquet"):
         assert out.count(layout) == 2, out
-    assert out.count("x tars") == 8, out
+    assert out.count("x tars") == 16, out
