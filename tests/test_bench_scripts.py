@@ -27,8 +27,8 @@ def test_gpu_throughput_smoke_on_cpu():
 
 
 def test_graph_build_smoke(aesthetic_weights):
-    out = _run(os.path.join(BENCH, "graph_build.py"), "40", aesthetic_weights)
-    assert "tasks per shard" in out
+    out = _run(os.path.join(BENCH, "graph_build.py"), "20,40", aesthetic_weights)
+    assert "shards: 40" in out and "to_webdataset (write)" in out and "growth 20 -> 40 shards" in out, out
 
 
 def test_score_precomputed_smoke():

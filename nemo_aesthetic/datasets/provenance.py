@@ -16,6 +16,8 @@ import posixpath
 import fsspec
 import pyarrow.parquet as pq
 
+from nemo_aesthetic.atomic import is_local
+
 logger = logging.getLogger(__name__)
 
 SOURCE_KEY = "nemo_aesthetic.source"
@@ -87,13 +89,18 @@ def tars_from_source(fs, shards: list, storage_options: dict) -> list:
                        "open that directory instead", source)
         return shards
     src_root = src_root.rstrip("/")
-    found = [dataclasses.replace(s, tar=f"{src_root}/{s.name}.tar") for s in shards]
-    present = [s for s in found if src_fs.exists(s.tar)]
+    try:  # one listing, not one existence check per tar (serial round trips on an object store)
+        listed = {posixpath.basename(p.rstrip("/")) for p in src_fs.ls(src_root, detail=False)}
+    except FileNotFoundError:
+        listed = set()
+    present = {s.name for s in shards if f"{s.name}.tar" in listed}
     if not present:
         logger.warning("the metadata was scored from %s, which no longer holds its tars", source)
         return shards
     logger.info("metadata only: reading the images from the tars in %s (recorded when it was scored)", source)
-    return [s if s in present else dataclasses.replace(s, tar=None) for s in found]
+    local = is_local(src_fs)  # workers re-open these paths with fsspec: keep an object store's protocol
+    return [dataclasses.replace(s, tar=None if s.name not in present else f"{src_root}/{s.name}.tar" if local
+                                else src_fs.unstrip_protocol(f"{src_root}/{s.name}.tar")) for s in shards]
 
 
 def _partitions_from_source(source: str, recorded: dict, shards: list, storage_options: dict) -> list:

@@ -65,6 +65,11 @@ class Shard:
     #: images are (:class:`~nemo_aesthetic.engine.sources.Partition`); ``tar`` is then None.
     source: object = None
 
+    def __dask_tokenize__(self):
+        # Its fields, as strings: dask would otherwise pickle each of ~200,000 shards to name a graph.
+        return ("Shard", self.name, self.parquet, self.tar, self.stats,
+                None if self.source is None else self.source.__dask_tokenize__())
+
 
 @dataclasses.dataclass
 class Sample:

@@ -12,7 +12,6 @@ dataset opened on that output (``from_webdataset(OUT)``, ``report``, ``filter``)
 """
 from __future__ import annotations
 
-import dask.dataframe as dd
 import fsspec
 
 from nemo_aesthetic import frames
@@ -99,10 +98,11 @@ class SourceConstructors:
 
     @classmethod
     def _from_partitions(cls, path, layout, parts, schema, storage_options, conform=None):
+        from nemo_aesthetic.engine.partitions import from_shards
+
         storage_options = storage_options or {}
-        metadata = dd.from_map(_read_rows, parts, schema=schema, storage_options=storage_options, conform=conform,
-                               meta=frames.arrow_to_frame(schema.empty_table()), label=f"read-{layout}",
-                               enforce_metadata=False)
+        metadata = from_shards(_read_rows, parts, schema=schema, storage_options=storage_options, conform=conform,
+                               meta=frames.arrow_to_frame(schema.empty_table()), label=f"read-{layout}")
         shards = [Shard(p.name, None, None, source=p) for p in parts]
         return cls(path, metadata, [None] * len(parts), "key", shards=shards, storage_options=storage_options)
 

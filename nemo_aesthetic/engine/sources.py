@@ -73,6 +73,10 @@ class Partition:
     last: str = ""
     image_column: str | None = None
 
+    def __dask_tokenize__(self):
+        # Its fields as a tuple: dask would otherwise pickle each spec to name a graph.
+        return ("Partition", *dataclasses.astuple(self))
+
 
 def layouts_line() -> str:
     return "; ".join(f"{name}: {what}" for name, what in LAYOUTS.items())

@@ -16,12 +16,14 @@ its per-image progress as data, see :mod:`nemo_aesthetic.progress`).
 Every row comes out. A row whose image is missing, undecodable, too large, duplicated or in an
 unreadable tar keeps its metadata and gets a null embedding/score and a reason in ``error``.
 
-Each partition is paired with its shard explicitly: one delayed task per (metadata partition,
-shard), assembled with ``dd.from_delayed``. The result is a single-root collection, so a user's
-``metadata["keep"] = metadata.aesthetic_score >= 5`` stays partition-wise. (Zipping the metadata
-with a second collection in ``dd.map_partitions`` made dask-expr unable to prove the two aligned,
-and it inserted index shuffles that mix rows of different shards; ``partition_info`` numbers are
-renumbered by ``.partitions[...]`` and would pair a partition with the wrong tar.)
+Each partition is paired with its shard by :func:`~nemo_aesthetic.engine.partitions.map_shards`:
+one task per shard, carrying that shard only, so the driver's work is linear in shards; the
+result has one root, so a user's ``metadata["keep"] = metadata.aesthetic_score >= 5`` stays
+partition-wise, and ``.partitions[...]`` of it still pairs each partition with its own tar.
+(Zipping the metadata with a second collection in ``dd.map_partitions`` made dask-expr unable to
+prove the two aligned, and it inserted index shuffles that mix rows of different shards;
+``partition_info`` numbers are renumbered by ``.partitions[...]``; ``to_delayed`` ->
+``from_delayed`` culled the whole graph once per shard.)
 """
 from __future__ import annotations
 
@@ -31,15 +33,14 @@ import time
 from abc import ABC, abstractmethod
 from typing import Callable, Iterable
 
-import dask.dataframe as dd
 import fsspec
 import numpy as np
-from dask import delayed
 
 from nemo_aesthetic import frames
 from nemo_aesthetic.distributed import FreedMemoryReleaser, load_object_on_worker
 from nemo_aesthetic.engine import (BatchPreprocessor, SeenKeys, ShardColumns, default_device, embed_stream,
                                    make_forward, read_shard)
+from nemo_aesthetic.engine.partitions import map_shards
 from nemo_aesthetic.engine.sources import read_items
 from nemo_aesthetic.image.preprocess import DEFAULT_MAX_PIXELS
 from nemo_aesthetic.progress import ShardProgress
@@ -137,10 +138,8 @@ class ImageEmbedder(ABC):
         if dataset.metadata.npartitions != len(dataset.shards):
             raise ValueError(f"metadata has {dataset.metadata.npartitions} partitions for {len(dataset.shards)} "
                              "shards; partition i must stay shard i (do not repartition before embedding)")
-        embed = delayed(self._embed_partition, pure=False)
-        parts = [embed(part, shard, dataset.id_col, dataset.storage_options)
-                 for part, shard in zip(dataset.metadata.to_delayed(), dataset.shards)]
-        metadata = dd.from_delayed(parts, meta=meta, verify_meta=False)
+        metadata = map_shards(self._embed_partition, dataset.metadata, dataset.shards, dataset.id_col,
+                              dataset.storage_options, meta=meta, label="embed-shard")
         return ImageTextPairDataset(dataset.path, metadata, dataset.tar_files, dataset.id_col,
                                     shards=dataset.shards, storage_options=dataset.storage_options)
 
