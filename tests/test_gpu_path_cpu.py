@@ -187,3 +187,78 @@ def test_torchvision_too_old_for_batched_decoding_is_refused_by_name(tiny_model,
     monkeypatch.setattr(torchvision, "__version__", "0.18.1+cu121")
     with pytest.raises(ImportError, match=r"torchvision>=0\.20.*0\.18\.1.*decode='pil'"):
         TensorBatchPreprocessor(tiny_model, "cpu")
+
+
+# ------------------------------------------------------------------ the engine's batch loop
+def test_batch_loop_launches_the_next_forward_before_reading_the_last_one_back():
+    """On CUDA the forward's outputs come back asynchronously (pinned copies + an event): the loop
+    must launch batch N+1 before it waits for batch N's results, and decode two chunks ahead."""
+    import torch
+
+    from nemo_aesthetic.engine import BatchPreprocessor, embed_stream
+
+    log = []
+
+    class Preprocessor(BatchPreprocessor):
+        def start(self, payloads):
+            log.append(f"decode {payloads[0]}")
+            return lambda: [torch.full((2,), float(p)) for p in payloads]
+
+    class Output:
+        def __init__(self, batch):
+            self.batch = batch
+            log.append(f"launch {int(batch[0, 0])}")
+
+        def result(self):
+            log.append(f"read {int(self.batch[0, 0])}")
+            return self.batch.numpy(), {}
+
+    def forward(batch):  # the synchronous form, unused when launch exists
+        raise AssertionError("the loop must launch, not call")
+
+    forward.launch = Output
+    with Preprocessor(per_image=None, threads=1) as pre:
+        batches = list(embed_stream(((i, i) for i in range(8)), pre, forward, batch_size=2, on_error=None))
+    assert [b.tags for b in batches] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert log[:3] == ["decode 0", "decode 2", "decode 4"]  # prefetch: two chunks ahead of the model
+    for n in (0, 2, 4):
+        assert log.index(f"launch {n + 2}") < log.index(f"read {n}")  # N+1 launched before N is read
+
+
+def test_device_preparation_runs_batches_on_several_threads_in_order(tiny_model):
+    import threading
+    import time
+
+    from factory import web_photo
+
+    from nemo_aesthetic.image.tensor_preprocess import DeviceBatchPreprocessor, TensorBatchPreprocessor
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    class Slow(TensorBatchPreprocessor):
+        def __call__(self, *args, **kwargs):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.3)
+            try:
+                return super().__call__(*args, **kwargs)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+    payloads = [[web_photo(90 + b, long_side=(200, 260))] for b in range(4)]
+    with DeviceBatchPreprocessor(Slow(tiny_model, "cpu"), threads=2, prep_threads=2) as prep:
+        waits = [prep.start(p) for p in payloads]
+        results = [wait()[0] for wait in waits]
+    assert most[0] == 2
+    alone = TensorBatchPreprocessor(tiny_model, "cpu")
+    for p, got in zip(payloads, results):
+        assert torch_equal(got, alone(p).per_payload(1)[0])
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
