@@ -262,3 +262,35 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+# ------------------------------------------------------------------ precision modes
+def test_pure_bf16_runs_the_whole_model_in_bf16_close_to_fp32(tmp_path):
+    """Opt-in pure bf16 (weights and activations, no autocast): the embedder loads bf16 weights and
+    its embeddings stay close in direction to the fp32 run on the same images."""
+    import timm
+    import torch
+    from factory import TINY_KWARGS, TINY_MODEL, write_img2dataset
+
+    from nemo_aesthetic.datasets import ImageTextPairDataset
+    from nemo_aesthetic.image.embedders import TimmImageEmbedder
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny.pth"
+    torch.save(timm.create_model(TINY_MODEL, pretrained=False, **TINY_KWARGS).state_dict(), checkpoint)
+    root = tmp_path / "ds"
+    write_img2dataset(root, n_shards=1, rows_per_shard=8, fail_every=0, image_size=(160, 120))
+
+    def embed(**options):
+        emb = TimmImageEmbedder(TINY_MODEL, model_kwargs=TINY_KWARGS, checkpoint_path=str(checkpoint),
+                                batch_size=3, device="cpu", **options)
+        df = emb(ImageTextPairDataset.from_webdataset(str(root))).metadata.compute(scheduler="sync")
+        return emb, frames.embeddings_to_matrix(df.sort_values("key")["image_embedding"])
+
+    emb, (pure, valid) = embed(pure_bf16=True)
+    _, (fp32, _) = embed()
+    assert valid.all()
+    assert {p.dtype for p in emb.load_embedding_model("cpu").parameters()} == {torch.bfloat16}
+    assert emb.model_cache_key("cpu") != TimmImageEmbedder(TINY_MODEL, model_kwargs=TINY_KWARGS).model_cache_key("cpu")
+    cosine = (pure * fp32).sum(1) / np.linalg.norm(pure, axis=1) / np.linalg.norm(fp32, axis=1)
+    assert cosine.min() > 0.99 and not np.array_equal(pure, fp32)

@@ -192,14 +192,16 @@ class _Copying:
         return self.feats.numpy(), {name: value.numpy() for name, value in self.scores.items()}
 
 
-def make_forward(model, scorers, device: str, normalize: bool = True, autocast: bool = True):
+def make_forward(model, scorers, device: str, normalize: bool = True, autocast: bool = True,
+                 pure_bf16: bool = False):
     """``batch -> (embeddings, {column: scores})`` as host arrays.
 
     ``scorers`` are ``(column, embeddings -> scores)`` pairs, run on the same batch right after
     the model (fused classifiers). On CUDA: host batches are pinned so the copy is asynchronous,
     the model runs under bf16 autocast (if asked), and a batch that runs out of GPU memory is
     split in halves and retried (logged), down to single images, instead of failing the shard.
-    ``forward.launch(batch)`` starts the same work and returns at once: its ``result()`` gives the
+    ``pure_bf16``: the model's weights are bf16 and it runs without autocast on a bf16 input (on
+    any device). ``forward.launch(batch)`` starts the same work and returns at once: its ``result()`` gives the
     host arrays (on CUDA they are copied back asynchronously, into pinned memory).
     """
     import torch
@@ -233,8 +235,8 @@ def make_forward(model, scorers, device: str, normalize: bool = True, autocast: 
         with torch.inference_mode():
             if batch.device.type == "cpu" and device.startswith("cuda"):
                 batch = batch.pin_memory()
-            x = batch.to(device, non_blocking=True)
-            if use_autocast:
+            x = batch.to(device, torch.bfloat16 if pure_bf16 else None, non_blocking=True)
+            if use_autocast and not pure_bf16:
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
                     feats = model(x)
             else:
