@@ -207,3 +207,16 @@ def test_forward_launch_does_not_wait_for_the_device(tiny_model):
         torch.cuda.set_sync_debug_mode(0)
     embeddings, scores = pending.result()
     assert embeddings.shape[0] == 8 and scores["s"].shape == (8,)
+
+
+def test_batched_resize_on_cuda_matches_the_per_size_transforms(tiny_model):
+    from nemo_aesthetic.image.tensor_preprocess import TensorBatchPreprocessor
+
+    payloads = [web_photo(130 + i) for i in range(16)]
+    batched = TensorBatchPreprocessor(tiny_model, "cuda")
+    assert batched.resize_crop is not None  # the default on CUDA
+    got = batched(payloads)
+    reference = TensorBatchPreprocessor(tiny_model, "cuda", batched_resize=False)(payloads)
+    assert got.rows == reference.rows
+    diff = (got.images.float() - reference.images.float()).abs()
+    assert float(diff.max()) <= float(batched.scale.max()) * 1.01  # at most one 8-bit level

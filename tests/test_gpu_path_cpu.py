@@ -294,3 +294,28 @@ def test_pure_bf16_runs_the_whole_model_in_bf16_close_to_fp32(tmp_path):
     assert emb.model_cache_key("cpu") != TimmImageEmbedder(TINY_MODEL, model_kwargs=TINY_KWARGS).model_cache_key("cpu")
     cosine = (pure * fp32).sum(1) / np.linalg.norm(pure, axis=1) / np.linalg.norm(fp32, axis=1)
     assert cosine.min() > 0.99 and not np.array_equal(pure, fp32)
+
+
+def test_differently_sized_images_are_resized_in_batched_products_as_timm_does(tiny_model, monkeypatch):
+    """The device path resizes and crops images of many sizes in a few matrix products (no resize
+    call per image) and gets timm's transform result up to one 8-bit level; forced on here, where
+    the default (on CUDA only) would keep the per-size calls."""
+    import torch
+    from factory import decode_corpus, web_photo
+    from torchvision import transforms as T
+
+    from nemo_aesthetic.image.tensor_preprocess import TensorBatchPreprocessor
+
+    payloads = [web_photo(120 + i, long_side=(200, 500)) for i in range(6)] + list(decode_corpus().values())
+    reference = TensorBatchPreprocessor(tiny_model, "cpu", max_pixels=5_000_000)(payloads)
+    calls = []
+    real = T.Resize.forward
+    monkeypatch.setattr(T.Resize, "forward", lambda self, img: calls.append(1) or real(self, img))
+    batched = TensorBatchPreprocessor(tiny_model, "cpu", max_pixels=5_000_000, batched_resize=True)
+    assert batched.resize_crop is not None
+    got = batched(payloads)
+    assert calls == []  # every size in the batched products
+    assert got.rows == reference.rows and got.failures.keys() == reference.failures.keys()
+    one_level = float(batched.scale.max())  # one 8-bit level in normalised units
+    diff = (got.images - reference.images).abs()
+    assert float(diff.max()) <= one_level * 1.01 and float(diff.mean()) < one_level / 100
