@@ -71,8 +71,8 @@ def photo_cmd() -> list[str]:
 #: the log lines that start with one of these go to the summary). Add a step with one line here.
 STEPS = [
     ("env", 90, "env.log", lambda: [PY, "bench/gpu_env.py"],
-     ("  torch ", "  torchvision", "  dask_cuda", "  cupy", "torch.cuda", "NVIDIA", "import nemo")),
-    ("tests", 150, "pytest.log", tests_cmd, ("PASSED", "FAILED", "ERROR", "SKIPPED", "=")),
+     ("torch ", "torchvision ", "dask_cuda ", "cupy ", "cudf ", "torch.cuda", "NVIDIA", "import nemo")),
+    ("tests", 150, "pytest.log", tests_cmd, ("PASSED", "FAILED", "ERROR", "SKIPPED", *"0123456789")),
     ("fidelity", 90, "fidelity.log",
      lambda: [PY, "bench/gpu_fidelity.py", *args("FIDELITY_ARGS", "--tiny --device cpu --photos 8", "--photos 64")],
      ("fidelity", "precision")),
