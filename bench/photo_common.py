@@ -43,6 +43,9 @@ import traceback
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_throughput import GpuBusy  # noqa: E402,F401  (one GPU-busy sampler for both benches)
+
 REPO = os.getcwd()
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 
@@ -175,37 +178,6 @@ def rate(fn, n_items: int, dev, reps: int = 1) -> float:
         sync(dev)
         best = max(best, n_items / (time.perf_counter() - t))
     return best
-
-
-class GpuBusy:
-    """Samples the GPU's utilisation (NVML, % of time a kernel ran) in a thread."""
-
-    def __init__(self, dev):
-        self.on = str(dev).startswith("cuda")
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-
-    def __enter__(self):
-        if self.on:
-            import torch
-
-            def loop():
-                while not self._stop.wait(0.2):
-                    try:
-                        self.samples.append(float(torch.cuda.utilization()))
-                    except Exception:
-                        return
-            self._t = threading.Thread(target=loop, daemon=True)
-            self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        return False
-
-    @property
-    def mean(self):
-        return round(sum(self.samples) / len(self.samples), 1) if self.samples else None
 
 
 def resize_geometry(h: int, w: int, size: int = 224):

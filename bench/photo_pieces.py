@@ -181,21 +181,10 @@ def sec_prep(ctx):
 
 
 def matmul_tflops(dev: str, n: int = 8192, seconds: float = 1.5) -> float:
-    import torch
+    """bf16 (fp32 on the CPU, at 512^3) matmul TFLOP/s: gpu_throughput's measurement."""
+    import gpu_throughput
 
-    dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
-    if not dev.startswith("cuda"):
-        n = 512
-    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(dev)
-    it, t = 0, time.perf_counter()
-    while time.perf_counter() - t < seconds:
-        a @ b
-        it += 1
-    sync(dev)
-    return 2 * n ** 3 * it / (time.perf_counter() - t) / 1e12
+    return gpu_throughput.matmul_tflops(dev, n if dev.startswith("cuda") else 512, seconds)
 
 
 def forward_rate(model, dev, batch: int, seconds: float, dtype=None, autocast=None, channels_last=False) -> float:
