@@ -80,7 +80,7 @@ class BatchProgress:
 
     images: int          # images in this batch
     failed: int          # images that failed preprocessing since the previous batch
-    seconds: float       # wall time of the forward pass
+    seconds: float       # wall time from the forward's launch to its results read back
     total_images: int    # images embedded so far in this stream
     total_failed: int
 
