@@ -45,9 +45,10 @@ def _arrow_types_mapper(arrow_type: pa.DataType):
     return None
 
 
-def arrow_to_frame(table: pa.Table):
-    """Arrow table -> partition of the configured backend."""
-    if backend() == "cudf":
+def arrow_to_frame(table: pa.Table, backend_name: str | None = None):
+    """Arrow table -> partition of ``backend_name`` (default: the configured backend). A reader that
+    runs on workers passes the backend its ``meta`` was built with: a worker's own config may differ."""
+    if (backend_name or backend()) == "cudf":
         import cudf
 
         return cudf.DataFrame.from_arrow(table)
@@ -112,10 +113,27 @@ def embeddings_to_matrix(series) -> tuple[np.ndarray, np.ndarray]:
             matrix = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
             matrix = np.where(valid[:, None], matrix, np.float32(0)) if not valid.all() else matrix
             return matrix, valid
+        if (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)) and n:
+            fast = _equal_lists_to_matrix(arr, valid)
+            if fast is not None:
+                return fast, valid
         rows = arr.to_pylist()
     else:
         rows = list(series)
     return _rows_to_matrix(rows)
+
+
+def _equal_lists_to_matrix(arr: pa.Array, valid: np.ndarray) -> np.ndarray | None:
+    """Variable-size lists that all have one length (Parquet written by other tools) -> an
+    ``(n, d)`` array without a Python object per row; None when the lengths differ."""
+    lengths = arr.value_lengths().to_numpy(zero_copy_only=False)
+    dims = np.unique(lengths[valid]) if valid.any() else np.array([0])
+    if len(dims) != 1:
+        return None
+    matrix = np.zeros((len(arr), int(dims[0])), dtype=np.float32)
+    if valid.any():
+        matrix[valid] = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, int(dims[0]))
+    return matrix
 
 
 def _rows_to_matrix(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             # NeMo Curator's ported tests mark everything gpu; there the ones that need CUDA
             # themselves are skipped by tests/compat_legacy/conftest.py, the rest run on CPU.
-            if "gpu" in item.keywords and "compat_legacy" not in item.path.parts:
+            if "gpu" in item.keywords and "compat_legacy" not in item.path.parts and "runs_on_cpu" not in item.keywords:
                 item.add_marker(skip)
 
 

@@ -56,6 +56,9 @@ class DaskExecutor(BaseExecutor):
             return list(initial_tasks)
         client, owned = _resolve_client(self.client)
         try:
+            if hasattr(stages[0], "run_on_dask"):  # a whole-dataset stage (k-means) drives Dask itself
+                return stages[0].run_on_dask(client, initial_tasks) if len(stages) == 1 else \
+                    self.execute(stages[1:], stages[0].run_on_dask(client, initial_tasks))
             return _run_on(client, stages, initial_tasks)
         finally:
             if owned:

@@ -144,10 +144,11 @@ def fs_root(path: str):
     return fs, root.rstrip("/")
 
 
-def check_dataset_path(path: str) -> None:
-    """A quick check before the heavy imports, so a typo in PATH fails in a second, not ten."""
+def check_dataset_path(path: str, files: bool = False) -> None:
+    """A quick check before the heavy imports, so a typo in PATH fails in a second, not ten.
+    ``files``: a file (one Parquet) is a dataset too."""
     fs, root = fs_root(path)
     if not fs.exists(root):
         raise UsageError(f"dataset path does not exist: {path}")
-    if not fs.isdir(root):
+    if not files and not fs.isdir(root):
         raise UsageError(f"dataset path is not a directory: {path}")

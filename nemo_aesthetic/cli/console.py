@@ -73,11 +73,15 @@ def count_rows(dataset) -> int:
     """Rows of every shard, from the Parquet footers only (no data read)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    import fsspec
     import pyarrow.parquet as pq
 
     fs = dataset._fs_for(None)[0]
 
     def rows(shard):
+        if shard.source is not None:  # a folder chunk or an image Parquet (nemo_aesthetic.engine.sources)
+            return shard.source.stop - shard.source.start if shard.source.layout == "folder" else \
+                pq.ParquetFile(fsspec.open(shard.source.path, "rb", **dataset.storage_options).open()).metadata.num_rows
         with fs.open(shard.parquet, "rb") as f:
             return pq.ParquetFile(f).metadata.num_rows
 

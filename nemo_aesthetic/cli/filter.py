@@ -61,7 +61,7 @@ def run(args) -> int:
     if SCORE_COLUMN not in columns:
         raise UsageError(f"{args.path} has no {SCORE_COLUMN} column (columns: {', '.join(map(str, columns))}); "
                          f"run '{PROG} score {args.path}' first")
-    if all(s.tar is None for s in dataset.shards):
+    if all(s.tar is None and s.source is None for s in dataset.shards):
         raise UsageError(f"{args.path} has metadata but no tar files; run filter on the directory that holds "
                          "the tars and the scored Parquet (score in place, without --out)")
     _check_out(args)

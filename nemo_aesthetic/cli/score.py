@@ -17,15 +17,24 @@ logger = logging.getLogger("nemo_aesthetic.cli")
 def add_parser(sub) -> None:
     score = sub.add_parser(
         "score", help="embed and score a dataset, write the metadata with aesthetic_score",
-        description="Embed every image of PATH (a directory of NNNNN.tar + NNNNN.parquet shards, local or any "
-                    "fsspec URL) with CLIP, score it with the aesthetic predictor, and write each shard's "
-                    "Parquet with new columns image_embedding, aesthetic_score and error (the reason a row has no "
-                    "score). Every input row is kept. Prints rows, scored, errors by reason, score quantiles and "
+        description="Embed every image of PATH (local or any fsspec URL) with CLIP, score it with the aesthetic "
+                    "predictor, and write each shard's Parquet with new columns image_embedding, aesthetic_score "
+                    "and error (the reason a row has no score). PATH is a directory of NNNNN.tar + NNNNN.parquet "
+                    "shards (img2dataset output), a folder of image files, or Parquet files with the image bytes "
+                    "(img2dataset output_format=parquet, a Hugging Face export); the last two are read-only and "
+                    "need --out (one Parquet per input file or per folder partition, with the key/path of each "
+                    "image). Every input row is kept. Prints rows, scored, errors by reason, score quantiles and "
                     "images/s.")
-    score.add_argument("path", metavar="PATH", help="dataset directory (img2dataset output)")
+    score.add_argument("path", metavar="PATH", help="the images: WebDataset shards, an image folder or Parquet files")
     score.add_argument("--out", metavar="DIR", default=None,
                        help="write the Parquet files here instead of over PATH's (only Parquet is written; each "
-                            "file records PATH, so 'report DIR' and 'filter DIR' find the images there)")
+                            "file records PATH, so 'report DIR' and 'filter DIR' find the images there); "
+                            "required for a folder or Parquet PATH")
+    score.add_argument("--layout", choices=("webdataset", "folder", "parquet"), default=None,
+                       help="PATH's layout (default: told from PATH)")
+    score.add_argument("--image-column", metavar="COL", default=None,
+                       help="Parquet PATH: the column holding the image bytes (default: jpg/png/webp, or a "
+                            "{bytes, path} struct such as image)")
     score.add_argument("--tiny", action="store_true",
                        help="use a tiny randomly initialised model of the same family instead of CLIP: no CLIP "
                             "download, checks the whole pipeline in seconds, but the scores are MEANINGLESS "
@@ -38,10 +47,18 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    common.check_dataset_path(args.path)
+    common.check_dataset_path(args.path, files=True)
     from nemo_aesthetic.datasets import ImageTextPairDataset
+    from nemo_aesthetic.engine.sources import LayoutError
 
-    dataset = ImageTextPairDataset.from_webdataset(args.path, id_col=args.id_col)
+    try:
+        dataset = ImageTextPairDataset.from_path(args.path, args.layout, id_col=args.id_col,
+                                                 image_column=args.image_column)
+    except LayoutError as exc:
+        raise UsageError(str(exc)) from None
+    if dataset.layout != "webdataset" and args.out is None:
+        raise UsageError(f"{args.path} is a {dataset.layout} source, read-only here: name a directory for "
+                         "the scored Parquet files with --out DIR")
     local = args.scheduler_file is None and args.cluster in LOCAL_CLUSTERS
     if args.tiny and not local:
         raise UsageError("--tiny runs on a local cluster (--cluster cpu, gpu or sync): its random model is "

@@ -5,7 +5,7 @@ import logging
 from typing import Any
 
 from nemo_aesthetic.backends.base import BaseExecutor
-from nemo_aesthetic.stages.base import ProcessingStage
+from nemo_aesthetic.stages.base import CompositeStage, ProcessingStage
 
 logger = logging.getLogger("nemo_aesthetic")
 
@@ -33,6 +33,7 @@ class Pipeline:
         stage fits its backbone (which also picks a LAION-Aesthetics V1 head), before any work."""
         if not self.stages:
             raise ValueError(f"Pipeline '{self.name}' has no stages")
+        self.stages = decompose_stages(self.stages)
         backbone = None
         for stage in self.stages:
             if hasattr(stage, "backbone"):
@@ -58,3 +59,11 @@ class Pipeline:
             executor = DaskExecutor(config=self.config, client=executor)
         logger.info("pipeline %s: %s", self.name, " -> ".join(s.name for s in self.stages))
         return executor.execute(self.stages, initial_tasks)
+
+
+def decompose_stages(stages: list[ProcessingStage]) -> list[ProcessingStage]:
+    """Composite stages replaced by the stages they are made of (recursively)."""
+    flat: list[ProcessingStage] = []
+    for stage in stages:
+        flat.extend(decompose_stages(stage.decompose()) if isinstance(stage, CompositeStage) else [stage])
+    return flat

@@ -102,3 +102,14 @@ class ProcessingStage:
 
     def __repr__(self) -> str:
         return type(self).__name__
+
+
+class CompositeStage(ProcessingStage):
+    """A stage made of other stages (NeMo Curator 1.x's ``CompositeStage``): the pipeline runs
+    what :meth:`decompose` returns in its place."""
+
+    def decompose(self) -> list[ProcessingStage]:
+        raise NotImplementedError
+
+    def process(self, task: Task):
+        raise RuntimeError(f"{type(self).__name__} is a composite stage: the pipeline runs its decompose()")

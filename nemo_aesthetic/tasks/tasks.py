@@ -63,5 +63,9 @@ class _EmptyTask(Task[None]):
     def validate(self) -> bool:
         return True
 
+    def __call__(self, dataset_name: str = "empty", data=None) -> "_EmptyTask":
+        """``EmptyTask(...)`` makes a new one, as upstream's ``EmptyTask`` class does (1.3.0)."""
+        return _EmptyTask(dataset_name=dataset_name, data=data)
+
 
 EmptyTask = _EmptyTask(dataset_name="empty", data=None)

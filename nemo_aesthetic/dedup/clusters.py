@@ -1,0 +1,111 @@
+"""The on-disk steps both fronts share: rows written partitioned by cluster, then each cluster's
+matches written as one Parquet (run on the workers, one Dask task per cluster)."""
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nemo_aesthetic import frames
+from nemo_aesthetic.atomic import atomic_open
+from nemo_aesthetic.dedup.kmeans import assign_partition
+from nemo_aesthetic.dedup.pairwise import cluster_matches
+
+logger = logging.getLogger("nemo_aesthetic")
+
+
+def write_clusters(ddf, embedding_field: str, centroids: np.ndarray, output_path: str, keep_columns: list[str],
+                   partition_column: str = "centroid", left_out_path: str | None = None,
+                   storage_options: dict | None = None) -> tuple[int, int]:
+    """Every partition assigned on its worker and written under
+    ``output_path/<partition_column>=<k>/part.<partition>.parquet`` (hive layout, embeddings
+    L2-normalised, with ``l2_dist_to_cent`` and ``cosine_dist_to_cent``). Rows that cannot be
+    clustered are written with their ``reason`` to ``left_out_path`` (never dropped silently; they
+    are never duplicates). Returns (rows clustered, rows left out). Each file is written under a
+    temporary name and renamed, so a retried task rewrites it whole."""
+    keep_columns = list(dict.fromkeys([*keep_columns, embedding_field]))
+    meta = pd.DataFrame({"clustered": pd.Series([], dtype="int64"), "left_out": pd.Series([], dtype="int64")})
+    counts = ddf.map_partitions(_assign_and_write, embedding_field, centroids, keep_columns, partition_column,
+                                output_path, left_out_path, storage_options, meta=meta,
+                                enforce_metadata=False).compute()
+    return int(counts["clustered"].sum()), int(counts["left_out"].sum())
+
+
+def _assign_and_write(frame, column, centroids, keep_columns, partition_column, output_path, left_out_path,
+                      storage_options, partition_info=None):
+    number = (partition_info or {}).get("number", 0)
+    out, left_out = assign_partition(frame, column, centroids, keep_columns)
+    fs, root = fsspec.core.url_to_fs(output_path, **(storage_options or {}))
+    table = frames.frame_to_arrow(out[[*keep_columns, "l2_dist_to_cent", "cosine_dist_to_cent"]])
+    labels = np.asarray(out["centroid"].to_numpy() if hasattr(out["centroid"], "to_numpy") else out["centroid"])
+    labels = labels.get() if hasattr(labels, "get") else labels
+    order = np.argsort(labels, kind="stable")
+    cuts = np.flatnonzero(np.diff(labels[order])) + 1
+    for rows in np.split(order, cuts) if len(order) else []:
+        directory = posixpath.join(root, f"{partition_column}={int(labels[rows[0]])}")
+        _write_table(fs, table.take(pa.array(rows)), posixpath.join(directory, f"part.{number}.parquet"))
+    if left_out is not None and left_out_path:
+        lfs, lroot = fsspec.core.url_to_fs(left_out_path, **(storage_options or {}))
+        _write_table(lfs, frames.frame_to_arrow(left_out), posixpath.join(lroot, f"part.{number}.parquet"))
+        logger.warning("%d row(s) of partition %d not clustered (kept, never marked duplicate): %s",
+                       len(left_out), number, dict(frames.to_host(left_out)["reason"].value_counts()))
+    return pd.DataFrame({"clustered": [len(out)], "left_out": [0 if left_out is None else len(left_out)]})
+
+
+def _write_table(fs, table, path: str) -> None:
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with atomic_open(fs, path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def cluster_dirs(path: str, partition_column: str = "centroid", storage_options: dict | None = None,
+                 extension: str = ".parquet") -> list[tuple[int, list[str]]]:
+    """``[(cluster id, [files])]`` of ``path/<partition_column>=<k>/``, by cluster id."""
+    fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    unstrip = (lambda p: p) if protocol in ("file", "local") else (lambda p: f"{protocol}://{p}")
+    found = []
+    for entry in fs.ls(root, detail=True):
+        name = posixpath.basename(entry["name"].rstrip("/"))
+        if entry["type"] == "directory" and name.startswith(f"{partition_column}="):
+            files = sorted(unstrip(f) for f in fs.find(entry["name"]) if f.endswith(extension))
+            found.append((int(name.split("=", 1)[1]), files))
+    return sorted(found)
+
+
+def read_cluster(files: list[str], columns: list[str], storage_options: dict | None = None, **read_kwargs):
+    """One cluster's rows from its files (pandas, or cuDF when dask's backend is cuDF)."""
+    if frames.backend() == "cudf":
+        import cudf
+
+        return cudf.read_parquet(files, columns=columns, storage_options=storage_options, **read_kwargs)
+    parts = [pd.read_parquet(f, columns=columns, storage_options=storage_options, **read_kwargs) for f in files]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+def write_cluster_matches(files: list[str], output_file: str, id_field: str, embedding_field: str, ranking,
+                          batch_size: int = 1024, storage_options: dict | None = None,
+                          output_storage_options: dict | None = None, read_kwargs: dict | None = None,
+                          write_kwargs: dict | None = None) -> int:
+    """Read one cluster, rank it, write ``id``, ``max_id``, ``cosine_sim_score`` to
+    ``output_file``; the number of rows."""
+    extra = ranking.metadata_cols if ranking.strategy == "sort" else []
+    columns = list(dict.fromkeys([id_field, *extra, embedding_field]))
+    frame = read_cluster(files, columns, storage_options, **(read_kwargs or {}))
+    ids = frames.to_host(frame[id_field])
+    if ids.duplicated().any():
+        repeated = ids[ids.duplicated()].unique()[:5].tolist()
+        raise ValueError(f"duplicate ids in {id_field!r} ({repeated} ...): an id must name one row, or removing "
+                         "a duplicate would remove its original too")
+    result = cluster_matches(frame, id_field, embedding_field, ranking, batch_size)
+    fs, path = fsspec.core.url_to_fs(output_file, **(output_storage_options or {}))
+    fs.makedirs(posixpath.dirname(path) or os.curdir, exist_ok=True)
+    with atomic_open(fs, path, "wb") as f:
+        result.to_parquet(f, index=False, **(write_kwargs or {}))
+    return len(result)

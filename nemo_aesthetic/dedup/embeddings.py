@@ -1,0 +1,66 @@
+"""A partition's embedding column as a unit-normalised tensor, with a reason for each row left out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nemo_aesthetic import frames
+
+#: Reasons a row is not clustered (and so never reported as a duplicate, and never removed).
+NO_EMBEDDING = "no embedding"
+NOT_FINITE = "embedding has NaN or inf"
+ZERO_VECTOR = "embedding is a zero vector"
+
+
+class EmbeddingWidthError(ValueError):
+    """Embeddings of different widths in one dataset: they cannot be compared."""
+
+
+@dataclass
+class EmbeddingRows:
+    """``vectors``: the usable rows, L2-normalised, float32, on ``device``; ``usable``: a host
+    bool mask over the partition's rows; ``reasons``: None or a reason for each row."""
+
+    vectors: "object"
+    usable: np.ndarray
+    reasons: list
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1]) if self.vectors.ndim == 2 else 0
+
+
+def worker_device() -> str:
+    """Where this worker computes: its GPU when it has one (a dask-cuda worker pins one)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def partition_embeddings(frame, column: str, device: str | None = None, where: str = "") -> EmbeddingRows:
+    """``frame[column]`` -> :class:`EmbeddingRows`. Rows with different widths in one partition
+    raise :class:`EmbeddingWidthError` naming ``where`` (a file or partition)."""
+    import torch
+
+    if column not in frame.columns:
+        raise KeyError(f"embedding column {column!r} not found{' in ' + where if where else ''}; "
+                       f"columns: {list(frame.columns)}")
+    try:
+        matrix, valid = frames.embeddings_to_matrix(frame[column])
+    except ValueError as exc:
+        raise EmbeddingWidthError(f"{exc}{' in ' + where if where else ''}") from None
+    device = device or worker_device()
+    tensor = torch.as_tensor(matrix).to(device=device, dtype=torch.float32)
+    valid = torch.as_tensor(np.asarray(valid.get() if hasattr(valid, "get") else valid, dtype=bool))  # CuPy -> host
+    valid = valid.to(tensor.device)
+    finite = torch.isfinite(tensor).all(dim=1) if tensor.numel() else valid.clone()
+    norms = torch.linalg.vector_norm(torch.nan_to_num(tensor), dim=1) if tensor.numel() else valid.float()
+    usable = valid & finite & (norms > 0)
+    reasons = None
+    if not bool(usable.all()):
+        host_valid, host_finite = valid.cpu().numpy(), finite.cpu().numpy()
+        reasons = [None if ok else NO_EMBEDDING if not v else NOT_FINITE if not f else ZERO_VECTOR
+                   for ok, v, f in zip(usable.cpu().numpy(), host_valid, host_finite)]
+    vectors = tensor[usable] / norms[usable].unsqueeze(1) if tensor.ndim == 2 else tensor
+    return EmbeddingRows(vectors=vectors, usable=usable.cpu().numpy(), reasons=reasons or [None] * len(frame))

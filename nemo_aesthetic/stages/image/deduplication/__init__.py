@@ -1,0 +1,1 @@
+"""Image deduplication stages (NeMo Curator 1.x's ``stages.image.deduplication``)."""
