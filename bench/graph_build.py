@@ -1,21 +1,46 @@
-"""How long it takes to build the task graph for a large dataset, and how many tasks per shard.
+"""Driver time to build the task graphs of a large dataset, per entry point, against dd.read_parquet.
 
-Writes N metadata-only shards (one-row Parquet, empty tar), then times from_webdataset +
-embedder(...) + AestheticClassifier graph construction (nothing is computed, no model loaded)
-and counts graph tasks. Baseline in the same run: dd.read_parquet over the same files.
+Writes N metadata-only shards (a one-row Parquet and an empty tar each; LAION is ~200,000 shards),
+then times, on the driver only (nothing is computed, no model is loaded), each entry point's graph
+up to the optimized task graph dask would send to the scheduler:
 
-    python bench/graph_build.py [N_SHARDS=2000]
+- baseline: ``dd.read_parquet`` of the same files;
+- open: ``ImageTextPairDataset.from_webdataset``;
+- embed + score: ``TimmImageEmbedder(classifiers=[AestheticClassifier])(ds)``;
+- save_metadata: the write of every shard's Parquet over the embedded dataset;
+- select_top: the marking pass over the embedded dataset (one allowance per shard);
+- to_webdataset: the output-shard writes over the kept rows (one kept row per shard).
+
+It prints seconds, ms per shard, tasks per shard and graph bytes per shard (a per-shard list copied
+into every task would show there), then the open + embed + score + save_metadata total
+and its ratio to the baseline. (Pickling the graph, to count its bytes, is not timed.)
+
+    python bench/graph_build.py [SIZES=2000] [WEIGHTS] [--keep DIR] [--reshard-max N]
+
+SIZES is a comma-separated list (e.g. 2000,20000,200000). The largest set of shards is written
+once (the first DISTINCT for real, the rest hard links to them); smaller sizes are hard links to
+its first shards. ``--keep DIR`` writes them into DIR and
+leaves them there for the next run (otherwise a temporary directory, deleted at the end).
 """
+import argparse
 import os
-import sys
+import posixpath
+import shutil
 import tempfile
 import time
 
+import cloudpickle
+import dask
 import dask.dataframe as dd
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from dask import delayed
 
 from nemo_aesthetic.datasets import ImageTextPairDataset
+from nemo_aesthetic.datasets.resharding import plan_output_shards, write_output_shard, write_partition
+from nemo_aesthetic.datasets.selection import _mark, _with_keep
+from nemo_aesthetic.engine.partitions import map_shards
 from nemo_aesthetic.image.classifiers import AestheticClassifier
 from nemo_aesthetic.image.embedders import TimmImageEmbedder
 
@@ -23,33 +48,127 @@ from nemo_aesthetic.image.embedders import TimmImageEmbedder
 WEIGHTS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models", "sac+logos+ava1-l14-linearMSE.pth")
 
 
-def main(n_shards: int, weights: str = WEIGHTS) -> None:
-    with tempfile.TemporaryDirectory() as root:
-        for i in range(n_shards):
-            pq.write_table(pa.table({"key": [f"{i:05d}0000"], "caption": ["x"]}), f"{root}/{i:05d}.parquet")
-            open(f"{root}/{i:05d}.tar", "wb").close()
+#: Shards written for real; beyond this many, shard i is a hard link to shard i % DISTINCT (writing
+#: 200,000 Parquet files takes hours on a small machine; building a graph reads only names and footers).
+DISTINCT = 20000
 
-        t0 = time.perf_counter()
-        baseline = dd.read_parquet(root)
-        baseline_tasks = len(baseline.__dask_graph__())
-        t_base = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        ds = ImageTextPairDataset.from_webdataset(root)
-        t_open = time.perf_counter() - t0
-        embedder = TimmImageEmbedder("vit_large_patch14_clip_quickgelu_224.openai", pretrained=True,
-                                     classifiers=[AestheticClassifier(model_path=os.path.abspath(weights))])
-        t0 = time.perf_counter()
-        scored = embedder(ds)
-        graph = scored.metadata.__dask_graph__()
-        t_graph = time.perf_counter() - t0
+def write_shards(root: str, n: int) -> None:
+    """Shards 0..n-1 in ``root`` (those already there are kept)."""
+    os.makedirs(root, exist_ok=True)
+    table = pa.table({"key": ["000000000"], "caption": ["x"]})
+    for i in range(n):
+        if os.path.exists(f"{root}/{i:06d}.parquet"):
+            continue
+        if i >= DISTINCT:
+            for ext in ("parquet", "tar"):
+                os.link(f"{root}/{i % DISTINCT:06d}.{ext}", f"{root}/{i:06d}.{ext}")
+            continue
+        pq.write_table(table.set_column(0, "key", pa.array([f"{i:06d}000"])), f"{root}/{i:06d}.parquet")
+        open(f"{root}/{i:06d}.tar", "wb").close()
 
-    print(f"shards: {n_shards}")
-    print(f"dd.read_parquet (baseline): {t_base:.2f} s, {baseline_tasks} tasks")
-    print(f"from_webdataset: {t_open:.2f} s (lists the directory, reads one Parquet footer)")
-    print(f"embed + score graph: {t_graph:.2f} s, {len(graph)} tasks = {len(graph) / n_shards:.1f} tasks per shard")
-    print(f"ratio open+graph / baseline: {(t_open + t_graph) / t_base:.2f}x")
+
+def linked_subset(source: str, root: str, n: int) -> None:
+    """The first ``n`` shards of ``source`` as hard links in ``root`` (no data written)."""
+    if os.path.isdir(root) and len(os.listdir(root)) == 2 * n:
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    for i in range(n):
+        for ext in ("parquet", "tar"):
+            os.link(f"{source}/{i:06d}.{ext}", f"{root}/{i:06d}.{ext}")
+
+
+def driver_graph(*collections) -> dict:
+    """What ``compute`` builds on the driver before it submits: the optimized, materialized graph."""
+    from dask._expr import FinalizeCompute
+
+    return dict(FinalizeCompute(dask.base.collections_to_expr(collections, True)).optimize().__dask_graph__())
+
+
+def graph_bytes(graph: dict) -> int:
+    """The graph pickled as the distributed client sends it (in one piece: shared objects once)."""
+    return len(cloudpickle.dumps(graph, protocol=5))
+
+
+def measure(root: str, n: int, weights: str, reshard_max: int | None = None) -> dict:
+    rows = {}
+
+    def timed(name, build):
+        t0 = time.perf_counter()
+        result, graph = build()
+        seconds = time.perf_counter() - t0
+        rows[name] = (seconds, len(graph) if graph is not None else 0,
+                      graph_bytes(graph) if graph else 0)
+        return result
+
+    timed("dd.read_parquet (baseline)", lambda: (None, driver_graph(dd.read_parquet(root))))
+    ds = timed("open (from_webdataset)", lambda: (ImageTextPairDataset.from_webdataset(root), None))
+    embedder = TimmImageEmbedder("vit_large_patch14_clip_quickgelu_224.openai", pretrained=True,
+                                 classifiers=[AestheticClassifier(model_path=os.path.abspath(weights))])
+    scored = timed("embed + score", lambda: (lambda s: (s, driver_graph(s.metadata)))(embedder(ds)))
+    targets = [posixpath.join(root, "out", f"{s.name}.parquet") for s in scored.shards]
+    # as save_metadata builds it: one write per shard, each carrying its own file name, summed
+    timed("save_metadata", lambda: (None, driver_graph(map_shards(
+        write_partition, scored.metadata, targets, None, None, {}, meta=pd.Series([], dtype="int64"),
+        label="save-shard-metadata").sum())))
+    # as select_top's last pass builds it: each shard's task carries its own allowance
+    allowance = [1] * n
+    marked = timed("select_top (mark)", lambda: (lambda m: (m, driver_graph(m)))(map_shards(
+        _mark, scored.metadata, allowance, "aesthetic_score", "keep", 5.0,
+        meta=_with_keep(scored.metadata._meta, "keep"), label="mark-top")))
+
+    def reshard():  # as to_webdataset builds it, from one kept row per shard, 10,000 samples per output
+        parts = marked.to_delayed()
+        plan = plan_output_shards([1] * n, 10000)
+        tasks = [delayed(write_output_shard, pure=False)(
+            None, [scored.shards[i] for i, _, _ in slices], [(a, b, True) for _, a, b in slices],
+            [parts[i] for i, _, _ in slices], None, root, f"{j:05d}", j * 10000, 9, "key", None)
+            for j, slices in enumerate(plan)]
+        return None, driver_graph(*tasks)
+
+    if reshard_max is None or n <= reshard_max:
+        timed("to_webdataset (write)", reshard)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sizes", nargs="?", default="2000")
+    parser.add_argument("weights", nargs="?", default=WEIGHTS)
+    parser.add_argument("--keep", help="write the shards here and keep them for the next run")
+    parser.add_argument("--reshard-max", type=int, help="measure to_webdataset only up to this many shards")
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    base = args.keep or tempfile.mkdtemp(prefix="graph_build-")
+    try:
+        source = os.path.join(base, f"all-{sizes[-1]}")
+        t0 = time.perf_counter()
+        write_shards(source, sizes[-1])
+        print(f"shards ready in {time.perf_counter() - t0:.0f} s ({sizes[-1]} in {source})")
+        open_total = {}
+        for n in sizes:
+            root = source if n == sizes[-1] else os.path.join(base, f"first-{n}")
+            if root != source:
+                linked_subset(source, root, n)
+            rows = measure(root, n, args.weights, args.reshard_max)
+            base_s = rows["dd.read_parquet (baseline)"][0]
+            print(f"\nshards: {n}")
+            for name, (seconds, tasks, size) in rows.items():
+                tasks_text = f", {tasks / n:.1f} tasks and {size / n:,.0f} B of graph per shard" if tasks else ""
+                print(f"{name:28s} {seconds:8.2f} s  {1000 * seconds / n:6.3f} ms/shard{tasks_text}")
+            total = sum(rows[k][0] for k in ("open (from_webdataset)", "embed + score", "save_metadata"))
+            open_total[n] = total
+            print(f"open + embed + score + save_metadata: {total:.2f} s = {1000 * total / n:.3f} ms/shard "
+                  f"= {total / base_s:.2f}x dd.read_parquet")
+        if len(sizes) > 1:
+            first = sizes[0]
+            for n in sizes[1:]:
+                print(f"growth {first} -> {n} shards ({n / first:.0f}x): {open_total[n] / open_total[first]:.1f}x time")
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000, *sys.argv[2:3])
+    main()

@@ -91,7 +91,8 @@ def get_client(cluster_type: Literal["cpu", "gpu"] = "cpu", scheduler_address: s
     if scheduler_address and scheduler_file:
         raise ValueError("give scheduler_address or scheduler_file, not both")
     if scheduler_address or scheduler_file:
-        return _connect(scheduler_address, scheduler_file, timeout)
+        return _with_worker_settings(_connect(scheduler_address, scheduler_file, timeout))
+    _require_main_guard(cluster_type == "gpu" or cluster_kwargs.get("processes", True))
     gpu_options = {"nvlink_only": nvlink_only, "protocol": protocol, "rmm_pool_size": rmm_pool_size,
                    "enable_spilling": enable_spilling, "set_torch_to_use_rmm": set_torch_to_use_rmm,
                    "rmm_async": rmm_async, "rmm_maximum_pool_size": rmm_maximum_pool_size,
@@ -109,7 +110,27 @@ def get_client(cluster_type: Literal["cpu", "gpu"] = "cpu", scheduler_address: s
     cluster_kwargs.setdefault("processes", True)
     with dask.config.set(_worker_malloc_config()):
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, **cluster_kwargs)
-    return Client(cluster)
+    return _with_worker_settings(Client(cluster))
+
+
+def _with_worker_settings(client: Client, **settings) -> Client:
+    """``client``, its workers given this process's settings (:mod:`nemo_aesthetic.worker_settings`)."""
+    from nemo_aesthetic.worker_settings import register_worker_settings
+
+    try:
+        register_worker_settings(client, **settings)
+    except Exception as exc:  # e.g. workers without nemo_aesthetic installed: they cannot run our tasks either
+        logger.warning("could not register nemo_aesthetic's settings with the workers: %s", exc)
+    return client
+
+
+def _require_main_guard(worker_processes: bool) -> None:
+    """A script that starts a local cluster outside ``if __name__ == "__main__":`` stops here with
+    one line saying what to add, instead of hundreds from workers that import it again."""
+    if worker_processes:
+        from nemo_aesthetic.script_guard import require_main_guard
+
+        require_main_guard(dask.config.get("distributed.worker.multiprocessing-method", "spawn"))
 
 
 def _connect(scheduler_address, scheduler_file: str | None, timeout) -> Client:
@@ -243,7 +264,8 @@ def _local_cuda_client(gpu_options: dict, cluster_kwargs: dict) -> Client:
         client = Client(LocalCUDACluster(**kwargs))
     if gpu_options["set_torch_to_use_rmm"]:
         _set_torch_to_use_rmm()
-        client.run(_set_torch_to_use_rmm)
+    # (a plugin, not client.run: a worker the nanny restarts gets the settings again)
+    _with_worker_settings(client, torch_uses_rmm=gpu_options["set_torch_to_use_rmm"])
     if gpu_options["enable_spilling"] and _has_module("cudf"):
         import cudf
 

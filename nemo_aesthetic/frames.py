@@ -45,9 +45,10 @@ def _arrow_types_mapper(arrow_type: pa.DataType):
     return None
 
 
-def arrow_to_frame(table: pa.Table):
-    """Arrow table -> partition of the configured backend."""
-    if backend() == "cudf":
+def arrow_to_frame(table: pa.Table, backend_name: str | None = None):
+    """Arrow table -> partition of ``backend_name`` (default: the configured backend). A reader that
+    runs on workers passes the backend its ``meta`` was built with: a worker's own config may differ."""
+    if (backend_name or backend()) == "cudf":
         import cudf
 
         return cudf.DataFrame.from_arrow(table)

@@ -27,8 +27,8 @@ def test_gpu_throughput_smoke_on_cpu():
 
 
 def test_graph_build_smoke(aesthetic_weights):
-    out = _run(os.path.join(BENCH, "graph_build.py"), "40", aesthetic_weights)
-    assert "tasks per shard" in out
+    out = _run(os.path.join(BENCH, "graph_build.py"), "20,40", aesthetic_weights)
+    assert "shards: 40" in out and "to_webdataset (write)" in out and "growth 20 -> 40 shards" in out, out
 
 
 def test_score_precomputed_smoke():
@@ -37,3 +37,11 @@ def test_score_precomputed_smoke():
     skip_without_shared(AESTHETIC_WEIGHTS, "the real LAION aesthetic weights")
     out = _run(os.path.join(BENCH, "score_precomputed.py"), "--smoke")
     assert "score npy / np.load:" in out and "score npy, cold / np.load, cold:" in out
+
+
+def test_sources_smoke():
+    """bench/sources.py: every layout read and scored whole (it asserts no row has an error)."""
+    out = _run(os.path.join(BENCH, "sources.py"), "--smoke")
+    for layout in ("folder", "img2dataset parquet", "hugging face parquet"):
+        assert out.count(layout) == 2, out
+    assert out.count("x tars") == 16, out

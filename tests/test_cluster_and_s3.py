@@ -184,3 +184,34 @@ def test_task_graph_grows_linearly_with_shards(tmp_path, tiny_checkpoint, aesthe
 
     small, large = graph_tasks(20), graph_tasks(40)
     assert large == 2 * small, (small, large)
+
+
+# --------------------------------------------------------------------------- worker settings
+def test_cli_started_workers_get_the_drivers_backend_env_and_torch_threads(dask_cli_cluster, monkeypatch):
+    """`dask worker` processes started before the driver, from the command line, get the driver's
+    dataframe backend, its NEMO_AESTHETIC_* settings and their share of the host's cores for torch
+    (two workers on this host), from get_client alone."""
+    import dask
+
+    from nemo_aesthetic.worker_settings import register_worker_settings
+
+    def _worker_view(variable: str):  # nested: pickled by value (the workers cannot import this module)
+        import dask
+        import torch
+
+        return dask.config.get("dataframe.backend"), os.environ.get(variable), torch.get_num_threads()
+
+    monkeypatch.setenv("NEMO_AESTHETIC_TEST_SETTING", "from-the-driver")
+    cores = len(os.sched_getaffinity(0))
+    with dask.config.set({"dataframe.backend": "cudf"}):  # only read back here: nothing is computed with it
+        client = get_client(scheduler_file=dask_cli_cluster["scheduler_file"])
+    try:
+        seen = client.run(_worker_view, "NEMO_AESTHETIC_TEST_SETTING")
+        assert len(seen) == 2
+        assert set(seen.values()) == {("cudf", "from-the-driver", max(1, cores // 2))}, seen
+        register_worker_settings(client, torch_threads=3)
+        assert {v[2] for v in client.run(_worker_view, "NEMO_AESTHETIC_TEST_SETTING").values()} == {3}
+    finally:
+        monkeypatch.delenv("NEMO_AESTHETIC_TEST_SETTING")
+        register_worker_settings(client)  # the module's other tests share these workers: pandas again
+        client.close()

@@ -42,7 +42,7 @@ def test_worker_killed_mid_job_gives_the_undisturbed_result(tmp_path, tiny_check
         while victim is None and time.time() < deadline:
             processing = client.processing()
             done = sum(1 for ts in client.cluster.scheduler.tasks.values() if ts.state == "memory")
-            busy = [w for w, tasks in processing.items() if any("_embed_partition" in str(k) for k in tasks)]
+            busy = [w for w, tasks in processing.items() if any("embed-shard" in str(k) for k in tasks)]
             if busy and done:  # mid-job: some partitions finished, one is being embedded right now
                 victim = busy[0]
             time.sleep(0.05)

@@ -160,7 +160,7 @@ def test_disk_full_during_the_tars_final_write_publishes_nothing(tmp_path):
 
 
 def test_disk_full_mid_member_and_mid_parquet_publish_nothing(tmp_path):
-    from nemo_aesthetic.datasets.image_text_pair import _write_partition
+    from nemo_aesthetic.datasets.resharding import write_partition as _write_partition
 
     write_img2dataset(tmp_path / "in", n_shards=1, rows_per_shard=4, fail_every=0)
     samples = list(iter_samples(LocalFileSystem(), str(tmp_path / "in" / "00000.tar")))
@@ -168,7 +168,7 @@ def test_disk_full_mid_member_and_mid_parquet_publish_nothing(tmp_path):
         _write_tar(DiskFullAt(3000), tmp_path / "out" / "00000.tar", samples)
     frame = pd.read_parquet(tmp_path / "in" / "00000.parquet")
     with pytest.raises(OSError, match="No space left"):
-        _write_partition(frame, DiskFullAt(500), str(tmp_path / "out" / "00000.parquet"), None)
+        _write_partition(frame, str(tmp_path / "out" / "00000.parquet"), DiskFullAt(500), None)
     assert os.listdir(tmp_path / "out") == []
 
 

@@ -100,3 +100,26 @@ def test_mark_top_on_any_dask_frame(tmp_path):
         df = marked.compute()
     assert summary == {"scored": 200, "kept": 20, "threshold": summary["threshold"]} and df["keep"].sum() == 20
     assert df.loc[df["keep"], "aesthetic_score"].min() >= df.loc[~df["keep"], "aesthetic_score"].max()
+
+
+def test_a_subset_of_partitions_keeps_what_the_whole_keeps_there(tmp_path):
+    """Ten shards of one tied score, top 3: the three ties kept are the first ones, all in shard 0.
+    Computing only shards 5..9 (``.partitions[5:10]``), or only some of them out of order, must keep
+    none there; a partition's allowance is its own, not that of its position in the computation."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    for s in range(10):
+        pq.write_table(pa.table({"key": [f"{s:05d}{i:04d}" for i in range(4)],
+                                 "aesthetic_score": pa.array([7.0] * 4, pa.float32())}), root / f"{s:05d}.parquet")
+    ds = ImageTextPairDataset.from_webdataset(str(root))
+    with dask.config.set(scheduler="synchronous"):
+        summary = ds.select_top(top_k=3)
+        whole = ds.metadata.compute()
+        tail = ds.metadata.partitions[5:10].compute()
+        picked = ds.metadata.partitions[[7, 0, 3]].compute()
+        assigned = ds.metadata.assign(again=ds.metadata["keep"]).partitions[0].compute()
+    assert summary == {"scored": 40, "kept": 3, "threshold": 7.0}
+    assert sorted(whole.loc[whole["keep"], "key"]) == ["000000000", "000000001", "000000002"]
+    assert len(tail) == 20 and not tail["keep"].any()
+    assert list(picked.groupby(picked["key"].str[:5], sort=False)["keep"].sum()) == [0, 3, 0]
+    assert list(assigned["again"]) == [True, True, True, False]

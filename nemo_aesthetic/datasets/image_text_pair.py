@@ -15,20 +15,25 @@ from typing import Iterable
 import dask
 import dask.dataframe as dd
 import fsspec
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from dask import delayed
 
 from nemo_aesthetic import frames
-from nemo_aesthetic.atomic import atomic_open, commit_staged, exclusive_output, location, temporary_name
+from nemo_aesthetic.atomic import commit_staged, exclusive_output, location, temporary_name
 from nemo_aesthetic.datasets import provenance
-from nemo_aesthetic.datasets.shard_writer import TarShardWriter
-from nemo_aesthetic.datasets.shards import KeyIndex, Shard, ShardReadError, discover_shards, iter_samples
+from nemo_aesthetic.datasets.resharding import plan_output_shards, write_output_shard, write_partition
+from nemo_aesthetic.datasets.shards import Shard, discover_shards
 from nemo_aesthetic.datasets.schema import conform, unified_schema
+from nemo_aesthetic.engine.partitions import from_shards, map_shards
+from nemo_aesthetic.retrying import with_retries
+from nemo_aesthetic.datasets.sources import SourceConstructors
 
 logger = logging.getLogger(__name__)
 
 
-class ImageTextPairDataset:
+class ImageTextPairDataset(SourceConstructors):
     """Image-text pairs stored as WebDataset tars plus per-shard Parquet metadata.
 
     Args:
@@ -84,14 +89,13 @@ class ImageTextPairDataset:
             raise FileNotFoundError(f"no NNNNN.parquet metadata files in {path}")
         shards = provenance.tars_from_source(fs, shards, storage_options)  # metadata written elsewhere
         for s in shards:
-            if s.tar is None:
+            if s.tar is None and s.source is None:
                 logger.warning("shard %s has metadata but no tar: its rows will be flagged, not scored", s.name)
 
         schema = unified_schema(fs, shards, id_col)
-        metadata = dd.from_map(
-            _read_shard_metadata, shards, fs=fs, id_col=id_col, schema=schema,
-            meta=frames.arrow_to_frame(schema.empty_table()), label="read-shard-metadata", enforce_metadata=False,
-        )
+        metadata = from_shards(_read_shard_metadata, shards, fs=fs, id_col=id_col, schema=schema,
+                               backend=frames.backend(), meta=frames.arrow_to_frame(schema.empty_table()),
+                               label="read-shard-metadata")
         return cls(path, metadata, [s.tar for s in shards], id_col, shards=shards,
                    storage_options=storage_options)
 
@@ -118,6 +122,7 @@ class ImageTextPairDataset:
         """
         if mode not in ("overwrite", "resume"):
             raise ValueError(f"mode must be 'overwrite' or 'resume', not {mode!r}")
+        self._check_output(path)
         fs, root = self._fs_for(path)
         with exclusive_output(fs, root):
             return self._save_metadata(fs, root, columns, mode, file_metadata)
@@ -127,13 +132,12 @@ class ImageTextPairDataset:
         targets = [posixpath.join(root, f"{shard.name}.parquet") for shard in self.shards]
         wanted = set(columns if columns is not None else self.metadata.columns)
         done = _complete_parquets(fs, targets, wanted) if mode == "resume" else set()
-        source = provenance.source_of(self._fs_for(None)[0], self.tar_files)
-        extra = {**({provenance.SOURCE_KEY: source} if source else {}), **(file_metadata or {})}
-        tasks = [
-            delayed(_write_partition)(part, fs, target, columns, extra)
-            for part, target in zip(self.metadata.to_delayed(), targets) if target not in done
-        ]
-        dask.compute(*tasks)
+        extra = {**provenance.source_metadata(self, self._fs_for(None)[0]), **(file_metadata or {})}
+        todo = [i for i, target in enumerate(targets) if target not in done]
+        if todo:  # one task per shard, each carrying its own file name; done shards are not computed
+            rows = map_shards(write_partition, self.metadata, targets, fs, columns, extra,
+                              meta=pd.Series([], dtype="int64"), label="save-shard-metadata")
+            (rows if len(todo) == len(targets) else rows.partitions[todo]).sum().compute()
         written = [s.name for s, t in zip(self.shards, targets) if t not in done]
         skipped = [s.name for s, t in zip(self.shards, targets) if t in done]
         if skipped:
@@ -203,19 +207,19 @@ class ImageTextPairDataset:
         # partition i = shard i by construction.
         kept = self.metadata.map_partitions(_keep_rows, filter_column, meta=self.metadata._meta).persist()
         counts = [int(c) for c in kept.map_partitions(len).compute()]
-        plan = _plan_output_shards(counts, samples_per_shard)
+        plan = plan_output_shards(counts, samples_per_shard)
         if len(plan) > 10**max_shards:
             raise ValueError(f"{len(plan)} output shards do not fit in max_shards={max_shards} digits")
         id_width = max_shards + math.ceil(math.log10(samples_per_shard))
         parts = kept.to_delayed()
         tasks = []
-        for j, slices in enumerate(plan):
+        for j, slices in enumerate(plan):  # each task gets its own slices only: the graph stays linear
             if f"{j:0{max_shards}d}" in finished:
                 continue
-            tasks.append(delayed(_write_output_shard)(
-                fs_in, [self.shards[i] for i, _, _ in slices], slices, [parts[i] for i, _, _ in slices], counts,
-                fs_out, write_root, f"{j:0{max_shards}d}", j * 10 ** math.ceil(math.log10(samples_per_shard)),
-                id_width, self.id_col, old_id_col,
+            tasks.append(delayed(write_output_shard, pure=False)(
+                fs_in, [self.shards[i] for i, _, _ in slices], [(start, stop, stop == counts[i]) for i, start, stop in slices],
+                [parts[i] for i, _, _ in slices], fs_out, write_root, f"{j:0{max_shards}d}",
+                j * 10 ** math.ceil(math.log10(samples_per_shard)), id_width, self.id_col, old_id_col,
             ))
         if not plan:
             logger.warning("to_webdataset: no row is kept; nothing written to %s", path)
@@ -266,16 +270,15 @@ def _shard_name(tar_path: str | None, index: int) -> str:
 
 
 def _read_parquet(fs, path: str):
-    try:
-        with fs.open(path, "rb") as f:
-            return pq.read_table(f)
+    try:  # the bytes are read with retries (a transient error passes), then parsed once
+        return pq.read_table(pa.BufferReader(with_retries(fs.cat_file, path, what=f"reading {path}")))
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise ValueError(f"cannot read metadata file {path}: {type(exc).__name__}: {exc}") from exc
 
 
-def _read_shard_metadata(shard: Shard, fs, id_col: str, schema):
+def _read_shard_metadata(shard: Shard, fs, id_col: str, schema, backend: str | None = None):
     table = conform(_read_parquet(fs, shard.parquet), schema, shard.parquet)
-    df = frames.arrow_to_frame(table)
+    df = frames.arrow_to_frame(table, backend)
     df = df.sort_values(id_col, na_position="last", kind="stable").reset_index(drop=True)
     ids = df[id_col]
     dupes = ids[ids.duplicated() & ids.notna()]
@@ -301,94 +304,6 @@ def _complete_parquets(fs, paths: list[str], columns: set) -> set:
         return {p for p, ok in zip(paths, pool.map(complete, paths)) if ok}
 
 
-def _write_partition(df, fs, path: str, columns: list | None, extra: dict | None = None) -> int:
-    if columns is not None:
-        df = df[columns]
-    table = provenance.with_file_metadata(frames.frame_to_arrow(df), extra or {})
-    with atomic_open(fs, path, "wb") as f:
-        pq.write_table(table, f)
-    return len(df)
-
-
 def _keep_rows(df, filter_column: str):
     """The rows whose ``filter_column`` is True; nulls are not kept."""
     return df[df[filter_column].fillna(False).astype(bool)]
-
-
-def _plan_output_shards(counts: list[int], samples_per_shard: int) -> list[list[tuple[int, int, int]]]:
-    """Cut the kept rows (``counts[i]`` in partition i) into output shards of fixed size.
-
-    Returns, per output shard, the ``(partition, start, stop)`` slices it takes: kept samples
-    ``start..stop-1`` of partition i's tar, in tar order.
-    """
-    plan, current, room = [], [], samples_per_shard
-    for part, count in enumerate(counts):
-        start = 0
-        while start < count:
-            take = min(room, count - start)
-            current.append((part, start, start + take))
-            start += take
-            room -= take
-            if room == 0:
-                plan.append(current)
-                current, room = [], samples_per_shard
-    if current:
-        plan.append(current)
-    return plan
-
-
-def _write_output_shard(fs_in, in_shards, slices, parts, counts, fs_out, out_root, name, id_base, id_width,
-                        id_col, old_id_col) -> dict:
-    """Write output shard ``name``: for each ``(partition, start, stop)`` slice, the kept samples
-    number ``start..stop-1`` of that partition's tar, counted in the tar's own order.
-
-    Counting in tar order lets a slice stop reading its tar as soon as it has its samples, so an
-    input tar split over two output shards is read once and a half, not twice. Every task that
-    reads a tar counts the same way (first complete sample of each kept key), so slices never
-    overlap. The task holding a tar's last slice reads to its end and reports the kept rows that
-    had no sample there.
-    """
-    written_rows, missing = [], []
-    next_index = 0
-    with TarShardWriter(fs_out, posixpath.join(out_root, f"{name}.tar")) as writer:
-        for shard, (part_no, start, stop), part in zip(in_shards, slices, parts):
-            ids = frames.column_values(part[id_col])
-            index = KeyIndex(ids)
-            last_slice = stop == counts[part_no]
-            counted: set[int] = set()
-            new_ids: dict[int, str] = {}
-            if shard.tar is not None:
-                try:
-                    for sample in iter_samples(fs_in, shard.tar):
-                        pos = index.position(sample.key)
-                        if pos is None or not sample.complete or sample.refused:  # cut off or unread: not copied
-                            continue
-                        if pos in counted:  # the key again, further on: one row, one sample
-                            if last_slice:
-                                logger.warning("to_webdataset: key %s appears twice in %s; only its first "
-                                               "sample is written", sample.key, shard.tar)
-                            continue
-                        rank = len(counted)
-                        counted.add(pos)
-                        if start <= rank < stop:
-                            new_ids[pos] = f"{id_base + next_index:0{id_width}d}"
-                            next_index += 1
-                            writer.write(new_ids[pos], sample)
-                        if rank + 1 >= stop and not last_slice:
-                            break  # this slice is complete; later samples belong to later shards
-                except ShardReadError as exc:
-                    if last_slice:
-                        logger.warning("to_webdataset: %s; its remaining kept rows are not written", exc)
-            positions = sorted(new_ids, key=new_ids.get)
-            out = part.iloc[positions].copy()
-            if old_id_col:
-                out[old_id_col] = out[id_col]
-            out[id_col] = [new_ids[p] for p in positions]
-            out[id_col] = out[id_col].astype(str)  # (an empty slice would make it float: one schema per output)
-            written_rows.append(out)
-            if last_slice:
-                missing += [(shard.name, k) for p, k in enumerate(ids) if p not in counted]
-    frame = frames.concat(written_rows)  # every output shard has at least one slice
-    _write_partition(frame.reset_index(drop=True), fs_out, posixpath.join(out_root, f"{name}.parquet"), None)
-    return {"written": next_index, "missing": missing}
-

@@ -20,9 +20,10 @@ import math
 
 import dask
 import numpy as np
-from dask import delayed
+import pandas as pd
 
 from nemo_aesthetic import frames
+from nemo_aesthetic.engine.partitions import map_shards
 
 #: Histogram bins of pass 2.
 BINS = 65536
@@ -47,36 +48,40 @@ def mark_top(metadata, score_column: str = "aesthetic_score", *, top_percent: fl
     if score_column not in metadata.columns:
         raise KeyError(f"no column {score_column!r} to select by; columns: {list(metadata.columns)}")
     scores = metadata[score_column].persist()
-    parts = scores.to_delayed()
-    stats = dask.compute(*[delayed(_stats)(p) for p in parts])
-    scored = sum(n for n, _, _ in stats)
+    positions = list(range(scores.npartitions))
+    scored, low, high = dask.compute(scores.count(), scores.min(), scores.max())
+    scored = int(scored)
     k = math.ceil(scored * top_percent / 100 - 1e-9) if top_percent is not None else min(top_k, scored)
     if k == 0:
-        threshold, allowance = math.inf, [0] * len(parts)
+        threshold, allowance = math.inf, [0] * len(positions)
     else:
-        low = min(lo for n, lo, _ in stats if n)
-        high = max(hi for n, _, hi in stats if n)
-        threshold, allowance = _kth_largest(parts, k, low, high)
-    keep = metadata.map_partitions(_mark, score_column, keep_column, threshold, allowance,
-                                   meta=_with_keep(metadata._meta, keep_column))
+        threshold, allowance = _kth_largest(scores, positions, k, float(low), float(high))
+    # Each partition's task carries its own allowance, found by the partition itself rather than
+    # its position in a computation: ``keep.partitions[5:10]`` keeps what ``keep`` keeps there.
+    keep = map_shards(_mark, metadata, allowance, score_column, keep_column, threshold,
+                      meta=_with_keep(metadata._meta, keep_column), label="mark-top")
     summary = {"scored": scored, "kept": k, "threshold": None if k == 0 else float(threshold)}
     return keep, summary
 
 
-def _kth_largest(parts, k: int, low: float, high: float) -> tuple[float, list[int]]:
+def _kth_largest(scores, positions: list[int], k: int, low: float, high: float) -> tuple[float, list[int]]:
     """The k-th largest score, and per partition how many rows equal to it to keep."""
     edges = (low, high)
-    histogram = dask.compute(_tree_sum([delayed(_histogram)(p, edges) for p in parts]))[0]
+    histogram = scores.reduction(_histogram, _sum_histograms, split_every=TREE_FANOUT, chunk_kwargs={"edges": edges},
+                                 meta=pd.Series([], dtype="int64")).compute().to_numpy()
     above = np.cumsum(histogram[::-1])[::-1]  # above[i]: scores in bin i or higher
     b = int(np.flatnonzero(above >= k)[-1])  # the highest bin whose tail holds >= k scores
     higher = int(above[b + 1]) if b + 1 < BINS else 0
-    in_bin = dask.compute(*[delayed(_bin_values)(p, edges, b) for p in parts])
-    values = np.sort(np.concatenate(in_bin))[::-1]
+    # The scores in bin b with the partition they come from (few rows: one bin of 65,536).
+    in_bin = map_shards(_bin_values, scores, positions, edges, b, meta=_BIN_META, label="scores-in-bin")
+    in_bin = in_bin.reduction(_identity, _concat_frames, split_every=TREE_FANOUT, meta=_BIN_META).compute()
+    values = np.sort(in_bin["value"].to_numpy())[::-1]
     threshold = values[k - higher - 1]
     ties_needed = k - higher - int((values > threshold).sum())
+    tied = in_bin.loc[in_bin["value"] == threshold, "partition"].value_counts()
     allowance = []
-    for part_values in in_bin:
-        take = min(ties_needed, int((part_values == threshold).sum()))
+    for position in positions:  # the first ties in partition order
+        take = min(ties_needed, int(tied.get(position, 0)))
         allowance.append(take)
         ties_needed -= take
     return float(threshold), allowance
@@ -87,11 +92,6 @@ def _valid(series) -> np.ndarray:
     return values[~np.isnan(values)]
 
 
-def _stats(series) -> tuple[int, float, float]:
-    v = _valid(series)
-    return (len(v), float(v.min()), float(v.max())) if len(v) else (0, math.inf, -math.inf)
-
-
 def _bin_of(v: np.ndarray, edges) -> np.ndarray:
     low, high = edges
     if high <= low:
@@ -99,34 +99,40 @@ def _bin_of(v: np.ndarray, edges) -> np.ndarray:
     return np.minimum(((v - low) / (high - low) * BINS).astype(np.int64), BINS - 1)
 
 
-def _histogram(series, edges) -> np.ndarray:
-    return np.bincount(_bin_of(_valid(series), edges), minlength=BINS)
+def _histogram(series, edges) -> pd.Series:
+    return pd.Series(np.bincount(_bin_of(_valid(series), edges), minlength=BINS))
 
 
-def _bin_values(series, edges, b: int) -> np.ndarray:
+def _sum_histograms(histograms: pd.Series) -> pd.Series:
+    """Partial histograms, concatenated by dask, summed bin by bin."""
+    return pd.Series(histograms.to_numpy().reshape(-1, BINS).sum(axis=0))
+
+
+_BIN_META = pd.DataFrame({"partition": pd.Series([], dtype="int64"), "value": pd.Series([], dtype="float64")})
+
+
+def _bin_values(series, position: int, edges, b: int) -> pd.DataFrame:
     v = _valid(series)
-    return v[_bin_of(v, edges) == b]
+    v = v[_bin_of(v, edges) == b]
+    return pd.DataFrame({"partition": np.full(len(v), position, np.int64), "value": v})
 
 
-def _sum(arrays) -> np.ndarray:
-    return np.sum(arrays, axis=0)
+def _identity(frame):
+    return frame
 
 
-def _tree_sum(items: list):
-    """Sum delayed arrays in a tree of tasks, TREE_FANOUT at a time (never all on one worker)."""
-    while len(items) > 1:
-        items = [delayed(_sum)(items[i:i + TREE_FANOUT]) for i in range(0, len(items), TREE_FANOUT)]
-    return items[0]
+def _concat_frames(frame):
+    return frame  # dask concatenates the chunks before calling this
 
 
 def _with_keep(df, keep_column: str):
     return df.assign(**{keep_column: np.zeros(len(df), bool)})
 
 
-def _mark(df, score_column: str, keep_column: str, threshold: float, allowance: list[int], partition_info=None):
+def _mark(df, allowance: int, score_column: str, keep_column: str, threshold: float):
     values = frames.to_host(df[score_column]).to_numpy(dtype=np.float64, na_value=np.nan)
     keep = values > threshold
     ties = np.flatnonzero(values == threshold)
     if len(ties):
-        keep[ties[:allowance[partition_info["number"]]]] = True
+        keep[ties[:allowance]] = True
     return df.assign(**{keep_column: keep})

@@ -40,9 +40,7 @@ def collect_scores(dataset, caption_col: str | None = "caption"):
     (the id column's values), ``caption`` (None where there is none), ``score`` (float, NaN where
     not scored) and ``error`` (None where no error).
     """
-    import dask
-    import numpy as np
-    import pandas as pd
+    from nemo_aesthetic.engine.partitions import map_shards
 
     columns = list(dataset.metadata.columns)
     if SCORE_COLUMN not in columns:
@@ -54,32 +52,39 @@ def collect_scores(dataset, caption_col: str | None = "caption"):
         wanted.append(caption_col)
     if ERROR_COLUMN in columns:
         wanted.append(ERROR_COLUMN)
-    parts = [dask.delayed(_select_columns)(part, wanted)
-             for part in dataset.metadata.to_delayed()]
-    computed = dask.compute(*parts)
-    from nemo_aesthetic import frames as _frames
-
-    frames = []
-    for shard, part in zip(dataset.shards, computed):
-        frame = pd.DataFrame({
-            "shard": shard.name,
-            "id": _frames.column_values(part[dataset.id_col]),
-            "caption": (_frames.column_values(part[caption_col]) if caption_col in part.columns
-                        else [None] * len(part)),
-            "score": part[SCORE_COLUMN].to_numpy(dtype=float, na_value=np.nan),
-            "error": (_frames.column_values(part[ERROR_COLUMN]) if ERROR_COLUMN in part.columns
-                      else [None] * len(part)),
-        }, columns=["shard", "id", "caption", "score", "error"])
-        frames.append(frame)
-    if not frames:
-        return pd.DataFrame(columns=["shard", "id", "caption", "score", "error"])
-    return pd.concat(frames, ignore_index=True)
+    # One task per shard, each naming its own shard (a linear graph; see engine.partitions).
+    rows = map_shards(_shard_rows, dataset.metadata[wanted], [s.name for s in dataset.shards], dataset.id_col,
+                      caption_col, meta=_rows_meta(), label="report-rows")
+    return rows.compute().reset_index(drop=True)
 
 
-def _select_columns(part, columns):
+_ROWS_META_COLUMNS = ["shard", "id", "caption", "score", "error"]
+
+
+def _shard_rows(part, shard_name: str, id_col: str, caption_col: str | None):
+    import numpy as np
+    import pandas as pd
+
     from nemo_aesthetic import frames
 
-    return frames.to_host(part[columns])
+    part = frames.to_host(part)
+    return pd.DataFrame({
+        "shard": [shard_name] * len(part),
+        "id": frames.column_values(part[id_col]),
+        "caption": (frames.column_values(part[caption_col]) if caption_col in part.columns
+                    else [None] * len(part)),
+        "score": part[SCORE_COLUMN].to_numpy(dtype=float, na_value=np.nan),
+        "error": (frames.column_values(part[ERROR_COLUMN]) if ERROR_COLUMN in part.columns
+                  else [None] * len(part)),
+    }, columns=_ROWS_META_COLUMNS)
+
+
+def _rows_meta():
+    import pandas as pd
+
+    return pd.DataFrame({"shard": pd.Series([], dtype=object), "id": pd.Series([], dtype=object),
+                         "caption": pd.Series([], dtype=object), "score": pd.Series([], dtype=float),
+                         "error": pd.Series([], dtype=object)})
 
 
 def median_score(frame) -> float | None:

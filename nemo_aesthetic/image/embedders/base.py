@@ -16,12 +16,14 @@ its per-image progress as data, see :mod:`nemo_aesthetic.progress`).
 Every row comes out. A row whose image is missing, undecodable, too large, duplicated or in an
 unreadable tar keeps its metadata and gets a null embedding/score and a reason in ``error``.
 
-Each partition is paired with its shard explicitly: one delayed task per (metadata partition,
-shard), assembled with ``dd.from_delayed``. The result is a single-root collection, so a user's
-``metadata["keep"] = metadata.aesthetic_score >= 5`` stays partition-wise. (Zipping the metadata
-with a second collection in ``dd.map_partitions`` made dask-expr unable to prove the two aligned,
-and it inserted index shuffles that mix rows of different shards; ``partition_info`` numbers are
-renumbered by ``.partitions[...]`` and would pair a partition with the wrong tar.)
+Each partition is paired with its shard by :func:`~nemo_aesthetic.engine.partitions.map_shards`:
+one task per shard, carrying that shard only, so the driver's work is linear in shards; the
+result has one root, so a user's ``metadata["keep"] = metadata.aesthetic_score >= 5`` stays
+partition-wise, and ``.partitions[...]`` of it still pairs each partition with its own tar.
+(Zipping the metadata with a second collection in ``dd.map_partitions`` made dask-expr unable to
+prove the two aligned, and it inserted index shuffles that mix rows of different shards;
+``partition_info`` numbers are renumbered by ``.partitions[...]``; ``to_delayed`` ->
+``from_delayed`` culled the whole graph once per shard.)
 """
 from __future__ import annotations
 
@@ -31,15 +33,15 @@ import time
 from abc import ABC, abstractmethod
 from typing import Callable, Iterable
 
-import dask.dataframe as dd
 import fsspec
 import numpy as np
-from dask import delayed
 
 from nemo_aesthetic import frames
 from nemo_aesthetic.distributed import FreedMemoryReleaser, load_object_on_worker
 from nemo_aesthetic.engine import (BatchPreprocessor, SeenKeys, ShardColumns, default_device, embed_stream,
                                    make_forward, read_shard)
+from nemo_aesthetic.engine.partitions import map_shards
+from nemo_aesthetic.engine.sources import read_items
 from nemo_aesthetic.image.preprocess import DEFAULT_MAX_PIXELS
 from nemo_aesthetic.progress import ShardProgress
 
@@ -136,10 +138,8 @@ class ImageEmbedder(ABC):
         if dataset.metadata.npartitions != len(dataset.shards):
             raise ValueError(f"metadata has {dataset.metadata.npartitions} partitions for {len(dataset.shards)} "
                              "shards; partition i must stay shard i (do not repartition before embedding)")
-        embed = delayed(self._embed_partition, pure=False)
-        parts = [embed(part, shard, dataset.id_col, dataset.storage_options)
-                 for part, shard in zip(dataset.metadata.to_delayed(), dataset.shards)]
-        metadata = dd.from_delayed(parts, meta=meta, verify_meta=False)
+        metadata = map_shards(self._embed_partition, dataset.metadata, dataset.shards, dataset.id_col,
+                              dataset.storage_options, meta=meta, label="embed-shard")
         return ImageTextPairDataset(dataset.path, metadata, dataset.tar_files, dataset.id_col,
                                     shards=dataset.shards, storage_options=dataset.storage_options)
 
@@ -183,7 +183,8 @@ class ImageEmbedder(ABC):
             run, tar_name = embed_user_batches(self, ids, tar_path, id_col, self.classifiers)
             run.finish(tar_name or shard_name, statuses)
         else:
-            run = self._run_engine(ids, shard_name, tar_path, storage_options, batch_done)
+            run = self._run_engine(ids, shard_name, tar_path, storage_options, batch_done,
+                                   getattr(shard, "source", None))
             run.finish(posixpath.basename(tar_path or shard_name), statuses)
         elapsed = time.perf_counter() - start
         logger.info("shard %s: %d rows, %d scored, %d errors, %d tar samples without a row, %.1f images/s",
@@ -203,7 +204,8 @@ class ImageEmbedder(ABC):
         out[ERROR_COLUMN] = frames.string_series(run.errors, out.index, like=df)
         return out
 
-    def _run_engine(self, ids: list, shard_name: str, tar_path: str | None, storage_options: dict, on_batch):
+    def _run_engine(self, ids: list, shard_name: str, tar_path: str | None, storage_options: dict, on_batch,
+                    source=None):
         device = self.device or default_device()
         model, preprocess = load_object_on_worker(self.model_cache_key(device),
                                                    self.load_model_and_preprocessor, device)
@@ -211,11 +213,14 @@ class ImageEmbedder(ABC):
                    for clf in self.classifiers]
         run = ShardColumns(ids, self.embedding_dim, [name for name, _ in scorers])
         forward = make_forward(model, scorers, device, self.normalize_embeddings, self.autocast)
-        if tar_path is None:
+        if tar_path is None and source is None:
             run.tar_error = f"shard {shard_name} has no tar file"
         else:
-            fs, _ = fsspec.core.url_to_fs(tar_path, **storage_options)
-            payloads = run.payloads(self.iter_shard_items(fs, tar_path, run.seen))
+            if source is not None:  # a folder chunk or a Parquet file (nemo_aesthetic.engine.sources)
+                items = read_items(source, storage_options, run.seen)
+            else:
+                items = self.iter_shard_items(fsspec.core.url_to_fs(tar_path, **storage_options)[0], tar_path, run.seen)
+            payloads = run.payloads(items)
             release = FreedMemoryReleaser()  # a shard's freed heap back to the system as it goes
             with self.make_batch_preprocessor(model, preprocess, device) as preprocessor:
                 for batch in embed_stream(payloads, preprocessor, forward, self.batch_size_on(device), run.fail,

@@ -46,7 +46,7 @@ LEFT_OUT = {
     'test_load_model': 'patches NSFWModel and expects it back; load_model here returns a scorer around the loaded NSFWModel (tests/test_nsfw.py)',
     'test_configure_forward': 'private helper _configure_forward, on CUDA tensors',
     'test_postprocess': "a mock of cuDF's list series (.list.leaves); postprocess here receives one float per row already flat",
-    'test_classifier_with_embedder_workflow': "asserts dask's map_partitions(meta=...) on a MagicMock metadata; the engine here builds one task per shard (dd.from_delayed), tested for real in tests/test_embedder.py",
+    'test_classifier_with_embedder_workflow': "asserts dask's map_partitions(meta=...) on a MagicMock metadata; the engine here builds one task per shard (engine.partitions.map_shards), tested for real in tests/test_embedder.py",
     'test_run_inference_with_mock_model': 'private _run_inference on a cuDF partition with patched load_object_on_worker',
     'test_classifier_call_with_mock_dataset': 'cuDF partition and a MagicMock map_partitions',
 }

@@ -36,7 +36,7 @@ TimmImageEmbedder = gpu_only_import_from("nemo_aesthetic.image.embedders.timm", 
 LEFT_OUT = {
     'test_init_defaults': 'asserts batch_size == 1; the default here is None: 1 image per batch on the CPU as upstream, 256 on CUDA (issue 14); the other defaults: compat_legacy/test_legacy_surface.py',
     'test_configure_forward': "private helper _configure_forward, on CUDA tensors (normalisation and autocast happen in the engine's forward here)",
-    'test_embedder_workflow': "asserts dask's map_partitions(meta=...) on a MagicMock metadata; the engine here builds one task per shard (dd.from_delayed), tested for real in tests/test_embedder.py",
+    'test_embedder_workflow': "asserts dask's map_partitions(meta=...) on a MagicMock metadata; the engine here builds one task per shard (engine.partitions.map_shards), tested for real in tests/test_embedder.py",
     'test_with_disabled_normalization': 'private helper _configure_forward, on CUDA tensors',
     'test_with_disabled_autocast': 'private helper _configure_forward, on CUDA tensors',
     'test_with_index_files': "needs DALI's 00000.idx beside the tar; tars are streamed here, index files are accepted and unused",
