@@ -37,3 +37,11 @@ def test_score_precomputed_smoke():
     skip_without_shared(AESTHETIC_WEIGHTS, "the real LAION aesthetic weights")
     out = _run(os.path.join(BENCH, "score_precomputed.py"), "--smoke")
     assert "score npy / np.load:" in out and "score npy, cold / np.load, cold:" in out
+
+
+def test_sources_smoke():
+    """bench/sources.py: every layout read and scored whole (it asserts no row has an error)."""
+    out = _run(os.path.join(BENCH, "sources.py"), "--smoke")
+    for layout in ("folder", "img2dataset parquet", "hugging face parquet"):
+        assert out.count(layout) == 2, out
+    assert out.count("x tars") == 16, out

@@ -73,16 +73,26 @@ def count_rows(dataset) -> int:
     """Rows of every shard, from the Parquet footers only (no data read)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    import fsspec
     import pyarrow.parquet as pq
 
     fs = dataset._fs_for(None)[0]
 
     def rows(shard):
+        if shard.source is not None:  # a folder chunk or an image Parquet (nemo_aesthetic.engine.sources)
+            return shard.source.stop - shard.source.start if shard.source.layout == "folder" else \
+                pq.ParquetFile(fsspec.open(shard.source.path, "rb", **dataset.storage_options).open()).metadata.num_rows
         with fs.open(shard.parquet, "rb") as f:
             return pq.ParquetFile(f).metadata.num_rows
 
     with ThreadPoolExecutor(16) as pool:
         return sum(pool.map(rows, dataset.shards))
+
+
+def _loaded(message) -> None:
+    if isinstance(message, dict):
+        kind = str(message.get("key", "model")).rsplit("-", 1)[0]  # keys end in a hash of the settings
+        logger.info("loaded the %s in %.1fs on %s", kind, message.get("seconds", 0.0), message.get("worker", "a worker"))
 
 
 @contextlib.contextmanager
@@ -91,6 +101,7 @@ def job_progress(dataset, client, quiet: bool):
     line every few seconds. It listens to the progress the workers publish as Dask events
     (:mod:`nemo_aesthetic.progress`), or, with no client (synchronous scheduler), in-process."""
     from nemo_aesthetic import progress
+    from nemo_aesthetic.distributed import LOAD_EVENTS
 
     tally = progress.ProgressTally(count_rows(dataset), len(dataset.shards))
     bar = None
@@ -111,10 +122,14 @@ def job_progress(dataset, client, quiet: bool):
                 last_line[0] = now
                 logger.info("progress: %s", tally.line())
 
+    if not quiet:  # a model load takes a while (ViT-L/14 on a CPU: up to a minute) and shows no progress
+        logger.info("loading the models (once per worker, before its first batch); progress follows")
     if client is None:
         listening = progress.subscribe_local(hear)
     else:
         client.subscribe_topic(progress.TOPIC, lambda event: hear(event[1]))
+        if not quiet:
+            client.subscribe_topic(LOAD_EVENTS, lambda event: _loaded(event[1]))
         listening = contextlib.nullcontext()
     CONSOLE.bar = bar
     try:
@@ -127,6 +142,8 @@ def job_progress(dataset, client, quiet: bool):
     finally:
         if client is not None:
             client.unsubscribe_topic(progress.TOPIC)
+            if not quiet:
+                client.unsubscribe_topic(LOAD_EVENTS)
         CONSOLE.bar = None
         if bar is not None:
             bar.close()

@@ -28,11 +28,12 @@ from nemo_aesthetic.datasets.shards import Shard, discover_shards
 from nemo_aesthetic.datasets.schema import conform, unified_schema
 from nemo_aesthetic.engine.partitions import from_shards, map_shards
 from nemo_aesthetic.retrying import with_retries
+from nemo_aesthetic.datasets.sources import SourceConstructors
 
 logger = logging.getLogger(__name__)
 
 
-class ImageTextPairDataset:
+class ImageTextPairDataset(SourceConstructors):
     """Image-text pairs stored as WebDataset tars plus per-shard Parquet metadata.
 
     Args:
@@ -88,7 +89,7 @@ class ImageTextPairDataset:
             raise FileNotFoundError(f"no NNNNN.parquet metadata files in {path}")
         shards = provenance.tars_from_source(fs, shards, storage_options)  # metadata written elsewhere
         for s in shards:
-            if s.tar is None:
+            if s.tar is None and s.source is None:
                 logger.warning("shard %s has metadata but no tar: its rows will be flagged, not scored", s.name)
 
         schema = unified_schema(fs, shards, id_col)
@@ -121,6 +122,7 @@ class ImageTextPairDataset:
         """
         if mode not in ("overwrite", "resume"):
             raise ValueError(f"mode must be 'overwrite' or 'resume', not {mode!r}")
+        self._check_output(path)
         fs, root = self._fs_for(path)
         with exclusive_output(fs, root):
             return self._save_metadata(fs, root, columns, mode, file_metadata)
@@ -130,8 +132,7 @@ class ImageTextPairDataset:
         targets = [posixpath.join(root, f"{shard.name}.parquet") for shard in self.shards]
         wanted = set(columns if columns is not None else self.metadata.columns)
         done = _complete_parquets(fs, targets, wanted) if mode == "resume" else set()
-        source = provenance.source_of(self._fs_for(None)[0], self.tar_files)
-        extra = {**({provenance.SOURCE_KEY: source} if source else {}), **(file_metadata or {})}
+        extra = {**provenance.source_metadata(self, self._fs_for(None)[0]), **(file_metadata or {})}
         todo = [i for i, target in enumerate(targets) if target not in done]
         if todo:  # one task per shard, each carrying its own file name; done shards are not computed
             rows = map_shards(write_partition, self.metadata, targets, fs, columns, extra,

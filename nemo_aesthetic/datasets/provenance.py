@@ -21,6 +21,10 @@ from nemo_aesthetic.atomic import is_local
 logger = logging.getLogger(__name__)
 
 SOURCE_KEY = "nemo_aesthetic.source"
+#: The layout of the images at SOURCE_KEY when it is not WebDataset shards ("folder", "parquet"),
+#: and the Parquet image column named when the dataset was opened.
+LAYOUT_KEY = "nemo_aesthetic.layout"
+IMAGE_COLUMN_KEY = "nemo_aesthetic.image_column"
 MODEL_KEY = "nemo_aesthetic.model"
 TINY_KEY = "nemo_aesthetic.tiny"
 
@@ -33,6 +37,24 @@ def source_of(fs, tar_files) -> str | None:
     directory = posixpath.dirname(tar)
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     return directory if "file" in protocols else fs.unstrip_protocol(directory)
+
+
+def source_metadata(dataset, fs) -> dict[str, str]:
+    """What a written metadata file records about where its images are."""
+    if dataset.layout == "webdataset":
+        source = source_of(fs, dataset.tar_files)
+        return {SOURCE_KEY: source} if source else {}
+    path = dataset.path if "://" in dataset.path else posixpath.abspath(dataset.path)
+    part = dataset.shards[0].source
+    extra = {SOURCE_KEY: path, LAYOUT_KEY: dataset.layout}
+    if getattr(part, "image_column", None):
+        extra[IMAGE_COLUMN_KEY] = part.image_column
+    if dataset.layout == "folder":
+        extra[FILES_PER_PARTITION_KEY] = str(max(p.source.stop - p.source.start for p in dataset.shards))
+    return extra
+
+
+FILES_PER_PARTITION_KEY = "nemo_aesthetic.files_per_partition"
 
 
 def with_file_metadata(table, extra: dict[str, str]):
@@ -55,9 +77,12 @@ def tars_from_source(fs, shards: list, storage_options: dict) -> list:
     """Shards without tars get the tars their Parquet's recorded source holds (same filesystem)."""
     if not shards or any(s.tar is not None for s in shards):
         return shards
-    source = file_metadata(fs, shards[0].parquet).get(SOURCE_KEY)
+    recorded = file_metadata(fs, shards[0].parquet)
+    source = recorded.get(SOURCE_KEY)
     if not source:
         return shards
+    if recorded.get(LAYOUT_KEY):
+        return _partitions_from_source(source, recorded, shards, storage_options)
     src_fs, src_root = fsspec.core.url_to_fs(source, **storage_options)
     if src_fs.protocol != fs.protocol:
         logger.warning("the metadata's images are in %s, another filesystem than the metadata's; "
@@ -76,3 +101,21 @@ def tars_from_source(fs, shards: list, storage_options: dict) -> list:
     local = is_local(src_fs)  # workers re-open these paths with fsspec: keep an object store's protocol
     return [dataclasses.replace(s, tar=None if s.name not in present else f"{src_root}/{s.name}.tar" if local
                                 else src_fs.unstrip_protocol(f"{src_root}/{s.name}.tar")) for s in shards]
+
+
+def _partitions_from_source(source: str, recorded: dict, shards: list, storage_options: dict) -> list:
+    """Shards of metadata scored from a folder or Parquet files get their source partitions back,
+    by name (the source is listed again as it was when scored)."""
+    from nemo_aesthetic.engine.sources import list_partitions
+
+    layout = recorded[LAYOUT_KEY]
+    try:
+        options = {"image_column": recorded.get(IMAGE_COLUMN_KEY)} if layout == "parquet" else \
+            {"files_per_partition": int(recorded.get(FILES_PER_PARTITION_KEY) or 1000)}
+        parts = {p.name: p for p in list_partitions(source, layout, storage_options, **options)}
+    except (OSError, ValueError) as exc:
+        logger.warning("the metadata was scored from %s, which cannot be read now: %s", source, exc)
+        return shards
+    logger.info("metadata only: reading the images from the %s source %s (recorded when it was scored)",
+                layout, source)
+    return [dataclasses.replace(s, source=parts.get(s.name)) for s in shards]

@@ -16,7 +16,7 @@ from nemo_aesthetic import frames
 from nemo_aesthetic.atomic import atomic_open
 from nemo_aesthetic.datasets import provenance
 from nemo_aesthetic.datasets.shard_writer import TarShardWriter
-from nemo_aesthetic.datasets.shards import KeyIndex, ShardReadError, iter_samples
+from nemo_aesthetic.datasets.shards import KeyIndex, ShardReadError
 from nemo_aesthetic.retrying import with_retries
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ def write_output_shard(fs_in, in_shards, slices, parts, fs_out, out_root, name, 
     overlap. The task holding a tar's last slice reads to its end and reports the kept rows that
     had no sample there.
     """
+    from nemo_aesthetic.engine.sources import shard_samples  # (the engine imports torch: on the worker only)
+
     written_rows, missing = [], []
     next_index = 0
     with TarShardWriter(fs_out, posixpath.join(out_root, f"{name}.tar")) as writer:
@@ -64,9 +66,9 @@ def write_output_shard(fs_in, in_shards, slices, parts, fs_out, out_root, name, 
             index = KeyIndex(ids)
             counted: set[int] = set()
             new_ids: dict[int, str] = {}
-            if shard.tar is not None:
+            if shard.tar is not None or shard.source is not None:  # a tar, or a folder/Parquet source
                 try:
-                    for sample in iter_samples(fs_in, shard.tar):
+                    for sample in shard_samples(shard, fs_in):
                         pos = index.position(sample.key)
                         if pos is None or not sample.complete or sample.refused:  # cut off or unread: not copied
                             continue

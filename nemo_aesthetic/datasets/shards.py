@@ -61,10 +61,14 @@ class Shard:
     parquet: str | None
     tar: str | None
     stats: str | None = None
+    #: For a shard of another layout (a folder chunk, a Parquet with image bytes): where its
+    #: images are (:class:`~nemo_aesthetic.engine.sources.Partition`); ``tar`` is then None.
+    source: object = None
 
     def __dask_tokenize__(self):
         # Its fields, as strings: dask would otherwise pickle each of ~200,000 shards to name a graph.
-        return ("Shard", self.name, self.parquet, self.tar, self.stats)
+        return ("Shard", self.name, self.parquet, self.tar, self.stats,
+                None if self.source is None else self.source.__dask_tokenize__())
 
 
 @dataclasses.dataclass
@@ -287,6 +291,37 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
+#: Deepest nesting of a ``.json`` member we parse: deeper ones are kept as bytes, as are ones
+#: json cannot parse, so no sample's metadata can exhaust the stack of whoever copies or prints it.
+MAX_JSON_DEPTH = 64
+
+
+def load_json_member(key: str, data: bytes):
+    """A ``.json`` member parsed, or its bytes (logged) when it does not parse or nests deeper than
+    :data:`MAX_JSON_DEPTH`: 200 KB of ``[`` makes ``json.loads`` raise RecursionError, which is not
+    a ValueError and used to fail the whole stage pipeline."""
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        logger.warning("%s: unreadable .json kept as bytes: %s", key, type(exc).__name__ if
+                       isinstance(exc, RecursionError) else exc)
+        return data
+    if _too_deep(parsed, MAX_JSON_DEPTH):
+        logger.warning("%s: .json nested deeper than %d levels kept as bytes", key, MAX_JSON_DEPTH)
+        return data
+    return parsed
+
+
+def _too_deep(value, limit: int) -> bool:
+    level = [value]
+    for _ in range(limit + 1):
+        level = [v for x in level if isinstance(x, (list, dict))
+                 for v in (x.values() if isinstance(x, dict) else x)]
+        if not level:
+            return False
+    return True
+
+
 def sample_metadata(sample: Sample, image_ext: str) -> dict:
     """A sample's caption (``.txt``, else the json's ``caption``), its ``.json`` fields, and any
     other non-image member as ``{extension: bytes}``; an unreadable ``.json`` is kept as bytes."""
@@ -297,11 +332,7 @@ def sample_metadata(sample: Sample, image_ext: str) -> dict:
         if low == image_ext:
             continue
         if low == "json":
-            try:
-                parsed = json.loads(data)
-            except ValueError as exc:
-                logger.warning("%s: unreadable .json kept as bytes: %s", sample.key, exc)
-                parsed = data
+            parsed = load_json_member(sample.key, data)
             meta.update(parsed) if isinstance(parsed, dict) else meta.__setitem__("json", parsed)
         elif low == "txt":
             caption = data.decode("utf-8", errors="replace")

@@ -11,6 +11,10 @@ guard, a per-row reason, an out-of-memory retry) protects both:
 The steps are separate public pieces so that each can be replaced on its own
 (:mod:`.reading`, :mod:`.batching`, :mod:`.columns`):
 
+:mod:`.sources`
+    every layout's samples as the engine reads them: a source per layout (WebDataset tars,
+    a folder of image files, Parquet with image bytes) describes its partitions as small
+    picklable specs and reads one on a worker (``read_items``), judged like a tar's samples.
 ``read_shard``
     the tar's samples grouped by key, each judged by :class:`SeenKeys` (the one duplicate-key
     rule) and given its image member; ``read_tars`` reads several tars ahead of the consumer.

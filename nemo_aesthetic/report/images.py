@@ -35,7 +35,8 @@ def fetch_thumbnails(dataset, rows, size: int = THUMBNAIL_SIZE, max_threads: int
     in parallel threads. Returns ``{(shard, id): data URI or None}``; a row whose image cannot be
     found or decoded maps to None (logged at warning level).
     """
-    from nemo_aesthetic.datasets.shards import KeyIndex, ShardReadError, iter_samples
+    from nemo_aesthetic.datasets.shards import KeyIndex, ShardReadError
+    from nemo_aesthetic.engine.sources import shard_samples
     from nemo_aesthetic.image.preprocess import ImageDecodeError, pick_image
 
     fs = dataset._fs_for(None)[0]
@@ -50,13 +51,13 @@ def fetch_thumbnails(dataset, rows, size: int = THUMBNAIL_SIZE, max_threads: int
         ids = needed[name]
         result = {(name, i): None for i in ids}
         shard = by_name.get(name)
-        if shard is None or shard.tar is None:
+        if shard is None or (shard.tar is None and shard.source is None):
             logger.warning("shard %s has no tar; %d image(s) not shown", name, len(ids))
             return result
         index = KeyIndex(ids)
         remaining = set(range(len(ids)))
         try:
-            for sample in iter_samples(fs, shard.tar):
+            for sample in shard_samples(shard, fs, dataset.storage_options):  # a tar, or a folder/Parquet source
                 pos = index.position(sample.key)
                 if pos is None or pos not in remaining:
                     continue  # not needed, or a repeated key (the first sample is the one scored)
@@ -72,7 +73,7 @@ def fetch_thumbnails(dataset, rows, size: int = THUMBNAIL_SIZE, max_threads: int
         except ShardReadError as exc:
             logger.warning("%s", exc)
         if remaining:
-            logger.warning("%d image(s) not found in %s (e.g. %s)", len(remaining), shard.tar,
+            logger.warning("%d image(s) not found in %s (e.g. %s)", len(remaining), shard.tar or shard.source.path,
                            ids[min(remaining)])
         return result
 

@@ -9,6 +9,7 @@ setting ``image_data = None`` (``remove_image_data``) releases the image altoget
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,13 +116,32 @@ class ImageObject:
         return image
 
 
+#: A key written into a tar as it is: path components of letters, digits, ``_`` and ``-`` (no
+#: ``..``, no leading ``/``, no dot, which would split the key from its extension elsewhere).
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
+
+
+def safe_member_key(image_id: str) -> str:
+    """``image_id`` as a tar member key that extracts inside the extraction folder and splits back
+    into the same key: kept when it is already such a key, else every other character
+    percent-encoded (``../../x`` -> ``%2E%2E%2F%2E%2E%2Fx``, logged). An id comes from whatever was
+    read (a tar's member names, a user's ImageObject), and ``tar -x`` follows ``../`` and ``/``."""
+    if _SAFE_KEY.fullmatch(image_id):
+        return image_id
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else
+                   "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in image_id)
+    logger.warning("image id %r is not a safe tar member name; writing it as %s", image_id, safe)
+    return safe
+
+
 def member_keys(images: list[ImageObject], first_position: int = 0) -> list[str]:
-    """The sample key of each image in one tar: its id, or (as upstream) its position when it has
-    none; a key already used in this tar gets a ``-N`` suffix (logged), because two samples under
-    one key would make both unreadable as a pair of image and caption."""
+    """The sample key of each image in one tar: its id made safe (:func:`safe_member_key`), or (as
+    upstream) its position when it has none; a key already used in this tar gets a ``-N`` suffix
+    (logged), because two samples under one key would make both unreadable as a pair of image and
+    caption."""
     keys, used = [], set()
     for position, image in enumerate(images, first_position):
-        key = image.image_id or f"{position:06d}"
+        key = safe_member_key(image.image_id) if image.image_id else f"{position:06d}"
         if key in used:
             n = 1
             while f"{key}-{n}" in used:

@@ -41,6 +41,7 @@ from nemo_aesthetic.distributed import FreedMemoryReleaser, load_object_on_worke
 from nemo_aesthetic.engine import (BatchPreprocessor, SeenKeys, ShardColumns, default_device, embed_stream,
                                    make_forward, read_shard)
 from nemo_aesthetic.engine.partitions import map_shards
+from nemo_aesthetic.engine.sources import read_items
 from nemo_aesthetic.image.preprocess import DEFAULT_MAX_PIXELS
 from nemo_aesthetic.progress import ShardProgress
 
@@ -182,7 +183,8 @@ class ImageEmbedder(ABC):
             run, tar_name = embed_user_batches(self, ids, tar_path, id_col, self.classifiers)
             run.finish(tar_name or shard_name, statuses)
         else:
-            run = self._run_engine(ids, shard_name, tar_path, storage_options, batch_done)
+            run = self._run_engine(ids, shard_name, tar_path, storage_options, batch_done,
+                                   getattr(shard, "source", None))
             run.finish(posixpath.basename(tar_path or shard_name), statuses)
         elapsed = time.perf_counter() - start
         logger.info("shard %s: %d rows, %d scored, %d errors, %d tar samples without a row, %.1f images/s",
@@ -202,7 +204,8 @@ class ImageEmbedder(ABC):
         out[ERROR_COLUMN] = frames.string_series(run.errors, out.index, like=df)
         return out
 
-    def _run_engine(self, ids: list, shard_name: str, tar_path: str | None, storage_options: dict, on_batch):
+    def _run_engine(self, ids: list, shard_name: str, tar_path: str | None, storage_options: dict, on_batch,
+                    source=None):
         device = self.device or default_device()
         model, preprocess = load_object_on_worker(self.model_cache_key(device),
                                                    self.load_model_and_preprocessor, device)
@@ -210,11 +213,14 @@ class ImageEmbedder(ABC):
                    for clf in self.classifiers]
         run = ShardColumns(ids, self.embedding_dim, [name for name, _ in scorers])
         forward = make_forward(model, scorers, device, self.normalize_embeddings, self.autocast)
-        if tar_path is None:
+        if tar_path is None and source is None:
             run.tar_error = f"shard {shard_name} has no tar file"
         else:
-            fs, _ = fsspec.core.url_to_fs(tar_path, **storage_options)
-            payloads = run.payloads(self.iter_shard_items(fs, tar_path, run.seen))
+            if source is not None:  # a folder chunk or a Parquet file (nemo_aesthetic.engine.sources)
+                items = read_items(source, storage_options, run.seen)
+            else:
+                items = self.iter_shard_items(fsspec.core.url_to_fs(tar_path, **storage_options)[0], tar_path, run.seen)
+            payloads = run.payloads(items)
             release = FreedMemoryReleaser()  # a shard's freed heap back to the system as it goes
             with self.make_batch_preprocessor(model, preprocess, device) as preprocessor:
                 for batch in embed_stream(payloads, preprocessor, forward, self.batch_size_on(device), run.fail,

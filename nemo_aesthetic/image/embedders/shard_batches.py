@@ -13,13 +13,12 @@ matched to the metadata rows through ``metadata[i][id_col]``. Here:
 """
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 
 import fsspec
 
-from nemo_aesthetic.datasets.shards import KeyIndex
+from nemo_aesthetic.datasets.shards import KeyIndex, load_json_member
 from nemo_aesthetic.distributed import load_object_on_worker
 from nemo_aesthetic.engine import (EmbeddedBatch, ShardColumns, default_device, embed_stream,
                                    make_forward, read_shard)
@@ -31,12 +30,10 @@ def sample_metadata(sample) -> dict:
     """The sample's ``.json`` member as a dict (NeMo Curator's per-image metadata), else its key."""
     for ext, _, data in sample.members:
         if ext == "json":
-            try:
-                meta = json.loads(data)
-            except ValueError:
-                break
+            meta = load_json_member(sample.key, data)
             if isinstance(meta, dict):
                 return meta
+            break
     return {"key": sample.key}
 
 
