@@ -92,13 +92,17 @@ def test_demo_tiny_runs_with_no_weights_and_no_network(tmp_path):
 # ------------------------------------------------------------------- 4. the same model options
 def test_every_command_that_scores_takes_the_same_model_options(tmp_path):
     env = fresh_env(tmp_path)
-    model_options = ["--model", "--clip-checkpoint", "--model-kwargs", "--tiny", "--batch-size", "--head",
-                     "--aesthetic-weights"]
+
+    def usage(*command) -> str:  # the usage line lists the options a command takes, as [--option ...]
+        return " ".join(run_command(*command, "--help", env=env, cwd=tmp_path).stdout.split("\n\n")[0].split())
+
+    model_options = ["[--model NAME]", "[--clip-checkpoint PATH]", "[--model-kwargs JSON]", "[--tiny]",
+                     "[--batch-size N]", "[--head {", "[--aesthetic-weights PATH]"]
     for command in ("demo", "score"):
-        text = run_command(command, "--help", env=env, cwd=tmp_path).stdout
+        text = usage(command)
         assert all(option in text for option in model_options), (command, text)
-    text = run_command("score-embeddings", "--help", env=env, cwd=tmp_path).stdout
-    assert "--head" in text and "--aesthetic-weights" in text
+    text = usage("score-embeddings")
+    assert "[--head {" in text and "[--aesthetic-weights PATH]" in text, text
 
 
 def test_score_embeddings_takes_aesthetic_weights(tmp_path):
