@@ -3,7 +3,6 @@
 by the real ``datasets``), and tars with png/webp members. Each is scored through the legacy front
 and the CLI: every input row comes out, scored or with its reason, and the scores are those of the
 same bytes read from tars."""
-import io
 import os
 import subprocess
 import sys
