@@ -54,21 +54,26 @@ def parse_args():
 
 
 def check_weights_or_exit(args):
-    """Offline, say in one line what to provide, before any cluster starts (instead of every
-    worker retrying the Hugging Face hub for a minute and printing a traceback)."""
+    """Offline, say in one line per missing file what to provide, before any cluster starts (instead
+    of every worker retrying the Hugging Face hub for a minute and printing a traceback)."""
     from nemo_aesthetic.weights import WeightsUnavailableError, check_clip_weights, resolve_aesthetic_weights
 
+    missing = []
     try:
         if args.clip_checkpoint is None:
             check_clip_weights(args.model)
     except WeightsUnavailableError as exc:
-        sys.exit(f"{sys.argv[0]}: {str(exc).splitlines()[0]} Provide --clip-checkpoint PATH (a timm state dict "
-                 "of the model), or its files in the Hugging Face cache.")
+        missing.append(f"{str(exc).splitlines()[0]} Provide --clip-checkpoint PATH (a timm state dict of the "
+                       "model), or its files in the Hugging Face cache.")
+    except ValueError as exc:  # a model name timm does not know
+        sys.exit(f"{sys.argv[0]}: --model: {exc}")
     try:
         resolve_aesthetic_weights(args.aesthetic_weights)
     except WeightsUnavailableError as exc:
-        sys.exit(f"{sys.argv[0]}: {str(exc).splitlines()[0]} Provide --aesthetic-weights PATH "
-                 "(sac+logos+ava1-l14-linearMSE.pth), or put it in $NEMO_AESTHETIC_HOME.")
+        missing.append(f"{str(exc).splitlines()[0]} Provide --aesthetic-weights PATH "
+                       "(sac+logos+ava1-l14-linearMSE.pth), or put it in $NEMO_AESTHETIC_HOME.")
+    if missing:
+        sys.exit("\n".join(f"{sys.argv[0]}: {line}" for line in missing))
 
 
 def main():

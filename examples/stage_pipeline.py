@@ -35,22 +35,25 @@ def main(dataset_dir: str, model_dir: str):
 
 
 def check_weights_or_exit(model_dir: str):
-    """Offline, say in one line what to provide, before any cluster starts (instead of every
-    worker retrying the Hugging Face hub for a minute and printing a traceback)."""
+    """Offline, say in one line per missing file what to provide, before any cluster starts (instead
+    of every worker retrying the Hugging Face hub for a minute and printing a traceback)."""
     from nemo_aesthetic.models.clip import CLIP_MODEL_ID, DEFAULT_TIMM_MODEL
     from nemo_aesthetic.weights import AESTHETIC_WEIGHTS, WeightsUnavailableError, check_clip_weights, resolve_weights
 
+    missing = []
     if not os.path.exists(os.path.join(model_dir, CLIP_MODEL_ID, "config.json")):
         try:
             check_clip_weights(DEFAULT_TIMM_MODEL, cache_dir=model_dir)
         except WeightsUnavailableError as exc:
-            sys.exit(f"{sys.argv[0]}: {str(exc).splitlines()[0]} Provide {model_dir}/{CLIP_MODEL_ID} (Hugging Face "
-                     f"format) or the timm weights in the Hugging Face cache {model_dir}.")
+            missing.append(f"{str(exc).splitlines()[0]} Provide {model_dir}/{CLIP_MODEL_ID} (Hugging Face format) "
+                           f"or the timm weights in the Hugging Face cache {model_dir}.")
     if not os.path.exists(os.path.join(model_dir, AESTHETIC_WEIGHTS.filename)):
         try:
             resolve_weights(AESTHETIC_WEIGHTS)
         except WeightsUnavailableError as exc:
-            sys.exit(f"{sys.argv[0]}: {str(exc).splitlines()[0]} Provide {model_dir}/{AESTHETIC_WEIGHTS.filename}.")
+            missing.append(f"{str(exc).splitlines()[0]} Provide {model_dir}/{AESTHETIC_WEIGHTS.filename}.")
+    if missing:
+        sys.exit("\n".join(f"{sys.argv[0]}: {line}" for line in missing))
 
 
 if __name__ == "__main__":

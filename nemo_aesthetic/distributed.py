@@ -92,6 +92,7 @@ def get_client(cluster_type: Literal["cpu", "gpu"] = "cpu", scheduler_address: s
         raise ValueError("give scheduler_address or scheduler_file, not both")
     if scheduler_address or scheduler_file:
         return _with_worker_settings(_connect(scheduler_address, scheduler_file, timeout))
+    _require_main_guard(cluster_type == "gpu" or cluster_kwargs.get("processes", True))
     gpu_options = {"nvlink_only": nvlink_only, "protocol": protocol, "rmm_pool_size": rmm_pool_size,
                    "enable_spilling": enable_spilling, "set_torch_to_use_rmm": set_torch_to_use_rmm,
                    "rmm_async": rmm_async, "rmm_maximum_pool_size": rmm_maximum_pool_size,
@@ -121,6 +122,15 @@ def _with_worker_settings(client: Client, **settings) -> Client:
     except Exception as exc:  # e.g. workers without nemo_aesthetic installed: they cannot run our tasks either
         logger.warning("could not register nemo_aesthetic's settings with the workers: %s", exc)
     return client
+
+
+def _require_main_guard(worker_processes: bool) -> None:
+    """A script that starts a local cluster outside ``if __name__ == "__main__":`` stops here with
+    one line saying what to add, instead of hundreds from workers that import it again."""
+    if worker_processes:
+        from nemo_aesthetic.script_guard import require_main_guard
+
+        require_main_guard(dask.config.get("distributed.worker.multiprocessing-method", "spawn"))
 
 
 def _connect(scheduler_address, scheduler_file: str | None, timeout) -> Client:

@@ -15,16 +15,14 @@ the wire (refused, reset, cut mid-body, a reply that is not HTTP) is one :class:
 saying what happened, never a raw ``http.client`` exception (see :mod:`nemo_aesthetic.download`).
 
 The CLIP model's weights are loaded by timm's own hub loading (honouring the Hugging Face cache
-and ``HF_HUB_OFFLINE``), or from a local ``checkpoint_path``; :func:`check_clip_weights` and
-:func:`check_checkpoint` check them up front, in the client, so a missing or mismatched file is
-one clear message before any cluster starts instead of a traceback on every worker.
+and ``HF_HUB_OFFLINE``), or from a local ``checkpoint_path``; :mod:`nemo_aesthetic.clip_weights`
+checks them up front (in the client, and on a worker before timm's retrying download), so a
+missing or mismatched file is one clear message instead of a traceback on every worker.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.client
-import json
 import logging
 import os
 import posixpath
@@ -208,164 +206,15 @@ def resolve_aesthetic_weights(path: str | None = None, spec: WeightsFile = AESTH
     return resolve_weights(spec, path)
 
 
-def hf_cache_dir() -> str:
-    """The Hugging Face hub cache timm downloads CLIP weights into ($HF_HUB_CACHE / $HF_HOME)."""
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_CACHE
-
-
-def hub_reachable(timeout: float = 4.0) -> tuple[bool, str]:
-    """(True, "") if the hub answers at all within ``timeout``, else (False, why): a quick probe, so
-    an offline machine gets the "place these files" message in seconds, not after retries."""
-    import urllib.error
-    import urllib.request
-
-    from huggingface_hub import constants
-
-    try:
-        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return True, ""  # it answered
-    except (urllib.error.URLError, OSError) as exc:
-        return False, f"cannot reach {constants.ENDPOINT}: {getattr(exc, 'reason', exc)}"
-    except http.client.HTTPException as exc:  # something answered, but not in HTTP
-        return False, f"{constants.ENDPOINT} does not answer in HTTP ({type(exc).__name__}: {exc})"
-    return True, ""
+#: The CLIP model's weights (timm, Hugging Face hub) are checked in :mod:`nemo_aesthetic.clip_weights`;
+#: these names are found here too (imported on first use: that module builds on this one).
+CLIP_WEIGHTS_NAMES = frozenset({"check_checkpoint", "check_clip_weights", "check_model_name", "clip_weights_message",
+                                "hf_cache_dir", "hub_reachable", "require_clip_weights_or_hub"})
 
 
-def clip_weights_message(model_name: str, repo: str, filenames: list[str], reason: str,
-                         cache_dir: str | None = None) -> str:
-    """What to place where for a CLIP model whose weights timm cannot get (repo, file, cache folder)."""
-    cache = cache_dir or hf_cache_dir()
-    folder = "models--" + repo.replace("/", "--")
-    return "\n".join([
-        f"CLIP image model {model_name}: weights are not available ({reason}).",
-        f"timm loads them from the Hugging Face hub repo {repo}, file {filenames[0]}"
-        + (f" (or {', '.join(filenames[1:])})" if len(filenames) > 1 else "") + ",",
-        f"through the Hugging Face cache {cache} (set by $HF_HUB_CACHE or $HF_HOME),",
-        f"where it must sit as {os.path.join(cache, folder, 'snapshots', '<revision>', filenames[0])}.",
-        f"To fill the cache, on a machine with network: hf download {repo} {filenames[0]}",
-        f"and copy {os.path.join(cache, folder)} to the same place here (then HF_HUB_OFFLINE=1 works);",
-        "or pass --clip-checkpoint PATH with a local timm state dict of the model.",
-    ])
+def __getattr__(name: str):
+    if name in CLIP_WEIGHTS_NAMES:
+        from nemo_aesthetic import clip_weights
 
-
-def check_clip_weights(model_name: str, cache_dir: str | None = None) -> str | None:
-    """Make sure timm will find the CLIP weights of ``model_name``; returns their local path if known.
-
-    A cached file is enough. Offline (``HF_HUB_OFFLINE`` / ``NEMO_AESTHETIC_OFFLINE``) or with the
-    hub unreachable, a missing file raises :class:`WeightsUnavailableError` naming the repo,
-    file and cache folder, before any cluster starts. Online, the file is downloaded here the way
-    timm would (``model.safetensors``, else ``pytorch_model.bin``) so the workers find it cached;
-    a failed download gives the same message.
-    """
-    from timm.models import get_pretrained_cfg
-
-    if model_name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
-        return None  # timm resolves these itself; let it
-    import timm
-
-    if not timm.is_model(model_name.split(".", 1)[0]):
-        raise ValueError(f"timm does not know model {model_name!r} (see timm.list_models())")
-    try:
-        cfg = get_pretrained_cfg(model_name)
-    except RuntimeError as exc:  # an architecture timm knows, with a tag it does not
-        raise ValueError(f"{model_name!r}: {exc}") from None
-    if cfg is None:
-        raise ValueError(f"timm has no pretrained weights for {model_name!r}; pass --clip-checkpoint PATH "
-                         "(with --model-kwargs if the architecture needs them), or pick a tagged model such as "
-                         f"{CLIP_MODEL}")
-    if not cfg.hf_hub_id:
-        return None  # downloaded from a URL by torch.hub: nothing to check beforehand
-    repo, _, revision = cfg.hf_hub_id.partition("@")
-    revision = revision or None
-    filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-    for filename in filenames:
-        cached = try_to_load_from_cache(repo, filename, cache_dir=cache_dir, revision=revision)
-        if isinstance(cached, str):
-            return cached
-    if offline():
-        which = [v for v in ("HF_HUB_OFFLINE", "NEMO_AESTHETIC_OFFLINE")
-                 if os.environ.get(v, "").lower() in ("1", "true", "yes")]
-        raise WeightsUnavailableError(clip_weights_message(
-            model_name, repo, filenames, f"offline mode is set ({', '.join(which)}=1) and they are not cached", cache_dir))
-    reachable, why = hub_reachable()
-    if not reachable:
-        raise WeightsUnavailableError(clip_weights_message(model_name, repo, filenames, why, cache_dir))
-    from huggingface_hub.errors import EntryNotFoundError
-
-    last = None
-    for filename in filenames:
-        logger.info("downloading %s/%s into the Hugging Face cache (CLIP ViT-L/14 is about 1.2 GB)", repo, filename)
-        try:
-            return hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir)
-        except EntryNotFoundError as exc:
-            last = exc
-            continue
-        except Exception as exc:  # HTTP errors, timeouts, disk full: all mean "not available"
-            raise WeightsUnavailableError(clip_weights_message(
-                model_name, repo, filenames, f"download failed: {type(exc).__name__}: {exc}", cache_dir)) from exc
-    raise WeightsUnavailableError(clip_weights_message(
-        model_name, repo, filenames, f"download failed: {last}", cache_dir))
-
-
-def check_checkpoint(path: str, model_name: str, model_kwargs: dict) -> None:
-    """Fail early, with names, if ``path`` is not a timm state dict of this architecture.
-
-    timm's ``checkpoint_path`` loads strictly on each worker; a mismatch would otherwise surface
-    there as a long traceback. Reads keys and shapes only (safetensors header, mmapped torch file).
-    """
-    if not os.path.exists(path):
-        raise ValueError(f"--clip-checkpoint does not exist: {path}")
-    if os.path.isdir(path):
-        raise ValueError(f"--clip-checkpoint is a directory, expected a weights file: {path}")
-    import timm
-    import torch
-
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(path, framework="pt") as f:
-                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        else:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, dict):
-                for wrapper in ("state_dict", "model"):
-                    if isinstance(state.get(wrapper), dict):
-                        state = state[wrapper]
-                        break
-            if not isinstance(state, dict):
-                raise ValueError(f"it holds a {type(state).__name__}, not a state dict")
-            shapes = {k.removeprefix("module."): tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
-    except Exception as exc:
-        raise ValueError(f"--clip-checkpoint {path} cannot be read as weights: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(model_name, pretrained=False, **model_kwargs)
-    except Exception as exc:
-        raise ValueError(f"cannot build model {model_name!r} with --model-kwargs {json.dumps(model_kwargs)}: "
-                         f"{type(exc).__name__}: {exc}") from None
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatch(es), e.g. {wrong[0]}: file {shapes[wrong[0]]} vs "
-                         f"model {expected[wrong[0]]}")
-        raise ValueError(f"--clip-checkpoint {path} does not fit {model_name} with --model-kwargs "
-                         f"{json.dumps(model_kwargs)}: {'; '.join(parts)}. It must be a timm state dict of that "
-                         "architecture (torch.save(model.state_dict()))")
+        return getattr(clip_weights, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

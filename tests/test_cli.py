@@ -141,7 +141,7 @@ def test_clip_weights_found_in_the_hugging_face_cache(tmp_path):
     assert found == cached
     with pytest.raises(weights.WeightsUnavailableError, match="offline mode"):
         weights.check_clip_weights(weights.CLIP_MODEL, cache_dir=str(tmp_path / "empty"))
-    with pytest.raises(ValueError, match="Invalid pretrained tag"):
+    with pytest.raises(ValueError, match=r"no pretrained tag 'no_such_tag' for vit_tiny_patch16_224\); did you mean"):
         weights.check_clip_weights("vit_tiny_patch16_224.no_such_tag", cache_dir=str(cache))
     with pytest.raises(ValueError, match="does not know"):
         weights.check_clip_weights("no_such_architecture.openai", cache_dir=str(cache))

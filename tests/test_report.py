@@ -185,8 +185,8 @@ def test_report_content_without_a_browser(tmp_path):
     assert (tmp_path / "r" / "page.png").read_bytes().startswith(PNG_MAGIC)
     # keys 0..7 per shard, every 4th (3, 7) failed: scores 3 + 0.25 * i for i in 0,1,2,4,5,6
     assert summary == {"rows": 16, "scored": 12, "errors": 4, "threshold": 4.0, "threshold_is_median": False,
-                       "passing": 6, "images": 6, "missing_images": 0, "html": str(out),
-                       "png": str(tmp_path / "r" / "page.png"), "tiny": False}
+                       "passing": 6, "lowest": 3.0, "highest": 4.5, "images": 6, "missing_images": 0,
+                       "html": str(out), "png": str(tmp_path / "r" / "page.png"), "tiny": False}
     page = out.read_text()
     assert "Threshold 4.000 (given)" in page
     assert re.search(r'<td class="n">4</td><td>no image</td>', page), "errors grouped by reason_group"

@@ -2,6 +2,7 @@
 reading the written Parquet back, and checking a dataset path before any heavy import."""
 from __future__ import annotations
 
+import os
 import time
 
 from nemo_aesthetic.cli.console import job_progress
@@ -10,8 +11,15 @@ from nemo_aesthetic.weights import WeightsUnavailableError
 
 
 def model_choice(args) -> tuple[str, dict, bool, str | None]:
-    """(model name, model kwargs, pretrained, checkpoint) from the options."""
+    """(model name, model kwargs, pretrained, checkpoint) from the options; a model name timm does
+    not know is a UsageError naming the closest ones, before any work."""
+    from nemo_aesthetic.weights import check_model_name
+
     name = args.model or (TINY_MODEL if args.tiny else DEFAULT_MODEL)
+    try:
+        check_model_name(name)
+    except ValueError as exc:
+        raise UsageError(f"--model: {exc}") from None
     kwargs = dict(TINY_KWARGS if (args.tiny and args.model_kwargs is None) else (args.model_kwargs or {}))
     checkpoint = args.clip_checkpoint
     pretrained = not args.tiny and checkpoint is None
@@ -26,21 +34,23 @@ def concrete_head(args, model: str) -> str:
 
 
 def check_weights(args, model: str, kwargs: dict, pretrained: bool, checkpoint: str | None,
-                  local: bool) -> str:
+                  local: bool) -> str | None:
     """Resolve the aesthetic weights (of ``--head``) and check the CLIP weights; report every
     missing file at once.
 
     ``local``: the workers share this machine's files, so the CLIP weights can be checked here;
-    on a remote cluster they are the workers' business.
+    on a remote cluster they are the workers' business. With ``--tiny`` and no aesthetic weights
+    to be had (and no ``--aesthetic-weights`` given), returns None: the run then uses a random head
+    of the same shape (:func:`save_random_head`), as its CLIP model is random too.
     """
-    from nemo_aesthetic.image.classifiers.aesthetic import HEADS
-    from nemo_aesthetic.weights import check_checkpoint, check_clip_weights, resolve_aesthetic_weights
+    from nemo_aesthetic.weights import check_checkpoint, check_clip_weights
 
     problems, aesthetic, clip_missing = [], None, False
     try:
-        aesthetic = resolve_aesthetic_weights(args.aesthetic_weights, HEADS[concrete_head(args, model)][0])
+        aesthetic = aesthetic_weights_option(args.aesthetic_weights, concrete_head(args, model), resolve=True)
     except WeightsUnavailableError as exc:
-        problems.append(str(exc))
+        if not (args.tiny and args.aesthetic_weights is None):
+            problems.append(str(exc))
     if checkpoint is not None:
         if local:
             check_checkpoint(checkpoint, model, kwargs)
@@ -61,6 +71,20 @@ def check_weights(args, model: str, kwargs: dict, pretrained: bool, checkpoint: 
     return aesthetic
 
 
+def aesthetic_weights_option(path: str | None, head: str, resolve: bool = False) -> str | None:
+    """``--aesthetic-weights`` checked (it must be a file of ``--head``'s), or with ``resolve`` and
+    no path: the cache's file, downloaded and verified if absent (WeightsUnavailableError if not)."""
+    from nemo_aesthetic.image.classifiers.aesthetic import HEADS, resolve_head
+    from nemo_aesthetic.weights import resolve_aesthetic_weights
+
+    if path is None and not resolve:
+        return None
+    spec = HEADS[resolve_head(head)][0]
+    if path is not None and "://" not in path and not os.path.exists(path):
+        raise UsageError(f"--aesthetic-weights does not exist: {path} (expected the file {spec.filename})")
+    return resolve_aesthetic_weights(path, spec)
+
+
 def save_tiny_checkpoint(model: str, kwargs: dict, path: str) -> str:
     """One seeded random model saved once, so every worker scores with the same weights."""
     import timm
@@ -69,6 +93,37 @@ def save_tiny_checkpoint(model: str, kwargs: dict, path: str) -> str:
     torch.manual_seed(0)
     torch.save(timm.create_model(model, pretrained=False, **kwargs).state_dict(), path)
     return path
+
+
+def save_random_head(head: str, path: str) -> str:
+    """A seeded random aesthetic head of ``head``'s shape (``--tiny`` without the real weights file)."""
+    import torch
+
+    from nemo_aesthetic.image.classifiers.aesthetic import HEADS, upstream_mlp
+
+    torch.manual_seed(0)
+    if head == "v2":
+        state = {f"layers.{k}": v for k, v in upstream_mlp().state_dict().items()}
+    else:
+        state = torch.nn.Linear(HEADS[head][1], 1).state_dict()
+    torch.save(state, path)
+    return path
+
+
+#: What ``--tiny`` prints when it scores with a random head as well.
+RANDOM_HEAD_NOTE = ("NOTE: no aesthetic weights file here (offline?): --tiny scores with a RANDOM head of the same "
+                    "shape too.")
+
+
+def tiny_models(model: str, kwargs: dict, checkpoint: str | None, aesthetic: str | None, head: str,
+                folder: str) -> tuple[str | None, str]:
+    """``(checkpoint, aesthetic weights)`` for a ``--tiny`` run: the random CLIP-shaped model (unless
+    a checkpoint was given) and, where ``aesthetic`` is None, a random head, saved in ``folder``."""
+    if checkpoint is None:
+        checkpoint = save_tiny_checkpoint(model, kwargs, os.path.join(folder, "tiny-random-clip.pth"))
+    if aesthetic is None:
+        aesthetic = save_random_head(head, os.path.join(folder, "random-aesthetic-head.pth"))
+    return checkpoint, aesthetic
 
 
 def provenance_metadata(model: str, tiny: bool) -> dict[str, str]:
@@ -152,3 +207,16 @@ def check_dataset_path(path: str, files: bool = False) -> None:
         raise UsageError(f"dataset path does not exist: {path}")
     if not files and not fs.isdir(root):
         raise UsageError(f"dataset path is not a directory: {path}")
+
+
+def check_something_to_score(path: str) -> None:
+    """Scoring nothing at all is a mistake (a folder of metadata without its tars), not a run in
+    which every row is "has no tar file": say what was expected, before anything is read or written."""
+    from nemo_aesthetic.datasets import provenance
+    from nemo_aesthetic.datasets.shards import discover_shards
+
+    fs, root = fs_root(path)
+    shards = [s for s in discover_shards(fs, root) if s.parquet is not None]
+    if shards and all(s.tar is None for s in provenance.tars_from_source(fs, shards, {})):
+        raise UsageError(f"{path} has {len(shards)} metadata Parquet file(s) but no .tar shards, so there is no "
+                         "image to score; expected img2dataset's output: NNNNN.tar next to each NNNNN.parquet")

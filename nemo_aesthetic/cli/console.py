@@ -89,12 +89,19 @@ def count_rows(dataset) -> int:
         return sum(pool.map(rows, dataset.shards))
 
 
+def _loaded(message) -> None:
+    if isinstance(message, dict):
+        kind = str(message.get("key", "model")).rsplit("-", 1)[0]  # keys end in a hash of the settings
+        logger.info("loaded the %s in %.1fs on %s", kind, message.get("seconds", 0.0), message.get("worker", "a worker"))
+
+
 @contextlib.contextmanager
 def job_progress(dataset, client, quiet: bool):
     """Per-image progress of embedding ``dataset``: a bar with rate and ETA on a terminal, else a
     line every few seconds. It listens to the progress the workers publish as Dask events
     (:mod:`nemo_aesthetic.progress`), or, with no client (synchronous scheduler), in-process."""
     from nemo_aesthetic import progress
+    from nemo_aesthetic.distributed import LOAD_EVENTS
 
     tally = progress.ProgressTally(count_rows(dataset), len(dataset.shards))
     bar = None
@@ -115,10 +122,14 @@ def job_progress(dataset, client, quiet: bool):
                 last_line[0] = now
                 logger.info("progress: %s", tally.line())
 
+    if not quiet:  # a model load takes a while (ViT-L/14 on a CPU: up to a minute) and shows no progress
+        logger.info("loading the models (once per worker, before its first batch); progress follows")
     if client is None:
         listening = progress.subscribe_local(hear)
     else:
         client.subscribe_topic(progress.TOPIC, lambda event: hear(event[1]))
+        if not quiet:
+            client.subscribe_topic(LOAD_EVENTS, lambda event: _loaded(event[1]))
         listening = contextlib.nullcontext()
     CONSOLE.bar = bar
     try:
@@ -131,6 +142,8 @@ def job_progress(dataset, client, quiet: bool):
     finally:
         if client is not None:
             client.unsubscribe_topic(progress.TOPIC)
+            if not quiet:
+                client.unsubscribe_topic(LOAD_EVENTS)
         CONSOLE.bar = None
         if bar is not None:
             bar.close()

@@ -21,12 +21,11 @@ def add_parser(sub) -> None:
                     "the scores into its Parquet files and print the images ranked by aesthetic score.",
         epilog="Offline: the CLIP weights must already be in the Hugging Face cache (or pass --clip-checkpoint) "
                "and the aesthetic weights in $NEMO_AESTHETIC_HOME (or pass --aesthetic-weights); without them "
-               "the command stops and says which files to place where. --tiny needs only the aesthetic weights.")
-    demo.add_argument("--out", metavar="DIR", default="nemo-aesthetic-demo",
-                      help="where to write the sample dataset and its scores (default: ./nemo-aesthetic-demo)")
-    demo.add_argument("--tiny", action="store_true",
-                      help="use a tiny randomly initialised model of the same family instead of CLIP: no CLIP "
-                           "download, checks the whole pipeline in seconds, but the scores are MEANINGLESS")
+               "the command stops and says which files to place where. --tiny needs no weights and no network: "
+               "without the aesthetic weights it uses a random head too.")
+    demo.add_argument("--out", metavar="DIR", default=None,
+                      help="where to write the sample dataset and its scores (default: demo/ in $NEMO_AESTHETIC_HOME, "
+                           "else ~/.cache/nemo_aesthetic/demo; printed at the start)")
     add_model_options(demo, "default: 8, or 256 with --cluster gpu")
     g = demo.add_argument_group("cluster")
     g.add_argument("--cluster", type=cluster_address, default="cpu", metavar="cpu|gpu|sync",
@@ -44,12 +43,14 @@ def run(args) -> int:
 
     if args.cluster not in LOCAL_CLUSTERS:
         raise UsageError("demo runs on a local cluster: --cluster cpu, gpu or sync")
-    out = os.path.abspath(args.out)
+    out = os.path.abspath(args.out or default_out())
     demo.check_output_dir(out)
     model, kwargs, pretrained, checkpoint = common.model_choice(args)
     aesthetic = common.check_weights(args, model, kwargs, pretrained, checkpoint, local=True)
+    head = common.concrete_head(args, model)
     if args.tiny:
-        print_tiny_banner()
+        print_tiny_banner(random_head=aesthetic is None)
+    print(f"writing the sample dataset to {out}", flush=True)
     try:
         described = demo.build_demo_dataset(out)
     except demo.DemoDataError as exc:
@@ -59,12 +60,12 @@ def run(args) -> int:
     from nemo_aesthetic.datasets import ImageTextPairDataset
 
     with tempfile.TemporaryDirectory(prefix="nemo-aesthetic-tiny-") as tmp:
-        if args.tiny and checkpoint is None:
-            checkpoint = common.save_tiny_checkpoint(model, kwargs, os.path.join(tmp, "tiny-random-clip.pth"))
+        if args.tiny:
+            checkpoint, aesthetic = common.tiny_models(model, kwargs, checkpoint, aesthetic, head, tmp)
             pretrained = False
         dataset = ImageTextPairDataset.from_webdataset(out)
         batch_size, threads = common.batch_and_threads(args)
-        embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, threads)
+        embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, threads, head)
         workers = args.workers or min(2, os.cpu_count() or 1)
         with dask_client(args.cluster, None, workers, len(dataset.shards), args.quiet) as client:
             logger.info("scoring %d images with %s%s", len(described), model, " (tiny, random)" if args.tiny else "")
@@ -76,10 +77,19 @@ def run(args) -> int:
     return 0
 
 
-def print_tiny_banner() -> None:
+def default_out() -> str:
+    """Not the current folder (often a clone of this project): the user's nemo_aesthetic cache."""
+    from nemo_aesthetic.weights import cache_dir
+
+    return os.path.join(cache_dir(), "demo")
+
+
+def print_tiny_banner(random_head: bool = False) -> None:
     print("NOTE: --tiny uses a tiny RANDOMLY INITIALISED model, not CLIP: the scores below are MEANINGLESS.\n"
           "      It only checks that the pipeline runs. Drop --tiny (with the CLIP weights available) for real scores.",
           flush=True)
+    if random_head:
+        print(common.RANDOM_HEAD_NOTE, flush=True)
 
 
 def print_ranked(results, elapsed: float, out: str, tiny: bool) -> None:

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
     filt = sub.add_parser(
         "filter", help="write a new WebDataset with the rows whose aesthetic_score >= T, or the top P %% / N",
         description="Write the samples of PATH whose aesthetic_score >= THRESHOLD, or the best --top-percent P "
-                    "%% (of the scored rows, rounded up) or --top-k N rows of the whole dataset, as a new, "
+                    "% (of the scored rows, rounded up) or --top-k N rows of the whole dataset, as a new, "
                     "resharded WebDataset in --out (tars + Parquet, new keys). PATH's metadata must already have "
                     "aesthetic_score (run 'score' first, in place). Rows without a score are not kept; of rows "
                     "tied at the cut, the first in shard order are kept, so exactly N rows are selected.")
@@ -79,11 +79,14 @@ def run(args) -> int:
 
         context = ProgressBar(out=sys.stderr)
     with context:
-        rows, kept_rows, missing_scores = dask.compute(
-            score.size, dataset.metadata[FILTER_COLUMN].sum(), score.isna().sum())
-        logger.info("writing the %d row(s) with %s to %s", int(kept_rows), rule, args.out)
-        result = dataset.to_webdataset(args.out, FILTER_COLUMN, samples_per_shard=args.samples_per_shard,
-                                       mode=args.mode)
+        rows, kept_rows, missing_scores, lowest, highest = dask.compute(
+            score.size, dataset.metadata[FILTER_COLUMN].sum(), score.isna().sum(), score.min(), score.max())
+        _warn_about_the_scale(args, lowest, highest, int(rows) - int(missing_scores))
+        result = {"written": 0, "shards": 0, "missing": []}
+        if kept_rows or _has_old_shards(args):  # (overwrite: old shards must go even if nothing is kept)
+            logger.info("writing the %d row(s) with %s to %s", int(kept_rows), rule, args.out)
+            result = dataset.to_webdataset(args.out, FILTER_COLUMN, samples_per_shard=args.samples_per_shard,
+                                           mode=args.mode)
     rows, kept_rows, missing_scores = int(rows), int(kept_rows), int(missing_scores)
     dropped = rows - kept_rows - missing_scores
     print(f"rows: {rows}   kept: {result['written']} ({rule})   dropped: {dropped} (below)   "
@@ -96,6 +99,24 @@ def run(args) -> int:
     else:
         print(f"no row is kept ({rule}): nothing written to {args.out}")
     return 0
+
+
+def _warn_about_the_scale(args, lowest, highest, scored: int) -> None:
+    """``--threshold`` that keeps every scored row or none is most likely on the wrong scale: say so."""
+    from nemo_aesthetic.image.classifiers.aesthetic import threshold_warning
+
+    if args.threshold is None or not scored:
+        return
+    warning = threshold_warning(args.threshold, "--threshold", float(lowest), float(highest))
+    if warning:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
+
+
+def _has_old_shards(args) -> bool:
+    from nemo_aesthetic.datasets.shards import discover_shards
+
+    fs, out = common.fs_root(args.out)
+    return fs.isdir(out) and bool(discover_shards(fs, out))
 
 
 def _check_out(args) -> None:

@@ -71,7 +71,10 @@ def cluster_address(text: str) -> str:
         f"{text!r}: use cpu, gpu, sync or a scheduler address such as tcp://host:8786")
 
 
-def add_model_options(p: argparse.ArgumentParser, batch_default_help: str) -> None:
+def add_model_options(p: argparse.ArgumentParser, batch_default_help: str, tiny_help: str = "") -> None:
+    """The options that choose and load the models, the same for every command that embeds images
+    (``--model``, ``--clip-checkpoint``, ``--model-kwargs``, ``--tiny``, ``--batch-size``, then
+    :func:`add_head_options`). ``cli.common.model_choice`` and ``check_weights`` read them back."""
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="NAME", default=None,
                    help=f"timm model name with its pretrained tag (default: {DEFAULT_MODEL}, the CLIP "
@@ -83,22 +86,31 @@ def add_model_options(p: argparse.ArgumentParser, batch_default_help: str) -> No
     g.add_argument("--model-kwargs", metavar="JSON", type=json_object, default=None,
                    help="extra timm.create_model arguments as a JSON object, e.g. "
                         "'{\"depth\": 1, \"embed_dim\": 32, \"num_heads\": 2}'")
-    g.add_argument("--aesthetic-weights", metavar="PATH", default=None,
-                   help="the LAION aesthetic predictor file sac+logos+ava1-l14-linearMSE.pth (default: "
-                        "$NEMO_AESTHETIC_HOME, else ~/.cache/nemo_aesthetic, downloaded there if absent and online)")
+    g.add_argument("--tiny", action="store_true",
+                   help="use a tiny randomly initialised model of the same family instead of CLIP: no download, "
+                        "offline, checks the whole pipeline in seconds, but the scores are MEANINGLESS (and say "
+                        "so); without the aesthetic weights, a random head of the same shape is used too"
+                        + tiny_help)
     g.add_argument("--batch-size", metavar="N", type=positive_int, default=None,
                    help=f"images per forward pass ({batch_default_help})")
+    add_head_options(g, V1_FOLLOWS_MODEL)
 
 
 HEAD_CHOICES = ("v2", "v1", "v1-l14", "v1-b16", "v1-b32")  # = image.classifiers.aesthetic.HEAD_CHOICES
+#: What ``--head v1`` means where the CLIP model is ours to run, and where the embeddings are given.
+V1_FOLLOWS_MODEL = "v1 takes the one for --model's backbone (ViT-L/14, B/16 or B/32)"
+V1_FOR_EMBEDDINGS = "v1 means v1-l14 (768-d embeddings); 512-d ones need v1-b16 or v1-b32"
 
 
-def add_head_option(p: argparse.ArgumentParser, backbone: str) -> None:
+def add_head_options(p, v1_help: str) -> None:
+    """``--head`` and ``--aesthetic-weights``: which aesthetic head scores, and its file."""
     p.add_argument("--head", choices=HEAD_CHOICES, default="v2",
-                   help="aesthetic head: v2, the LAION improved aesthetic predictor (default; CLIP ViT-L/14), or "
-                        f"LAION-Aesthetics V1, a linear head per OpenAI CLIP backbone: v1 takes {backbone} "
-                        "(ViT-L/14, B/16 or B/32), v1-l14 / v1-b16 / v1-b32 choose one; --aesthetic-weights "
-                        "then names that head's file")
+                   help="the aesthetic head: v2, the LAION improved aesthetic predictor for CLIP ViT-L/14 "
+                        "(default), or a LAION-Aesthetics V1 linear head per OpenAI CLIP backbone: v1-l14, "
+                        f"v1-b16 or v1-b32; {v1_help}")
+    p.add_argument("--aesthetic-weights", metavar="PATH", default=None,
+                   help="the head's weights file (v2: sac+logos+ava1-l14-linearMSE.pth; default: "
+                        "$NEMO_AESTHETIC_HOME, else ~/.cache/nemo_aesthetic, downloaded there if absent and online)")
 
 
 def add_run_options(p: argparse.ArgumentParser, cluster_default: str) -> None:

@@ -1,10 +1,12 @@
 """``nemo-aesthetic report PATH``: one self-contained HTML page about a scored dataset."""
 from __future__ import annotations
 
+import math
 import os
+import sys
 
 from nemo_aesthetic.cli import common
-from nemo_aesthetic.cli.options import UsageError, add_quiet_option, positive_int
+from nemo_aesthetic.cli.options import PROG, UsageError, add_quiet_option, positive_int
 
 
 def add_parser(sub) -> None:
@@ -30,8 +32,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     common.check_dataset_path(args.path)
-    if args.threshold is not None and args.threshold != args.threshold:
-        raise UsageError("--threshold must be a number, not nan")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise UsageError(f"--threshold must be a finite number, not {args.threshold}")
     from nemo_aesthetic import report
 
     if os.path.isdir(args.out):
@@ -45,6 +47,12 @@ def run(args) -> int:
     if s["threshold"] is not None:
         how = "the median score; pass --threshold to choose" if s["threshold_is_median"] else "given"
         print(f"threshold: {s['threshold']:.3f} ({how}): {s['passing']} of {s['scored']} scored rows >= it")
+        if not s["threshold_is_median"] and s["scored"]:
+            from nemo_aesthetic.image.classifiers.aesthetic import threshold_warning
+
+            warning = threshold_warning(s["threshold"], "--threshold", s["lowest"], s["highest"])
+            if warning:
+                print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if s["missing_images"]:
         print(f"  {s['missing_images']} image(s) could not be read from the tars and show as a grey box")
     print(f"report written to {s['html']} (histogram also in {s['png']})")

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 
 from nemo_aesthetic.cli import common
 from nemo_aesthetic.cli.cluster import dask_client
-from nemo_aesthetic.cli.options import (LOCAL_CLUSTERS, SCORE_COLUMN, UsageError, add_head_option,
+from nemo_aesthetic.cli.options import (LOCAL_CLUSTERS, SCORE_COLUMN, UsageError,
                                         add_model_options, add_run_options)
 from nemo_aesthetic.report import error_groups  # the error grouping, shared with the HTML report
 
@@ -35,46 +34,46 @@ def add_parser(sub) -> None:
     score.add_argument("--image-column", metavar="COL", default=None,
                        help="Parquet PATH: the column holding the image bytes (default: jpg/png/webp, or a "
                             "{bytes, path} struct such as image)")
-    score.add_argument("--tiny", action="store_true",
-                       help="use a tiny randomly initialised model of the same family instead of CLIP: no CLIP "
-                            "download, checks the whole pipeline in seconds, but the scores are MEANINGLESS "
-                            "(and say so: in the summary, the Parquet metadata and any report)")
     score.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
     add_model_options(score, "default: 256 with --cluster gpu, else 8")
-    add_head_option(score, "the model's")
     add_run_options(score, "cpu")
     score.set_defaults(func=run)
 
 
 def run(args) -> int:
     common.check_dataset_path(args.path, files=True)
+    local = args.scheduler_file is None and args.cluster in LOCAL_CLUSTERS
+    if args.tiny and not local:
+        raise UsageError("--tiny runs on a local cluster (--cluster cpu, gpu or sync): its random model is "
+                         "a file on this machine")
+    model, kwargs, pretrained, checkpoint = common.model_choice(args)
     from nemo_aesthetic.datasets import ImageTextPairDataset
-    from nemo_aesthetic.engine.sources import LayoutError
+    from nemo_aesthetic.engine.sources import LayoutError, detect_layout
 
     try:
-        dataset = ImageTextPairDataset.from_path(args.path, args.layout, id_col=args.id_col,
+        layout = args.layout or detect_layout(args.path)
+        if layout == "webdataset":
+            common.check_something_to_score(args.path)
+        dataset = ImageTextPairDataset.from_path(args.path, layout, id_col=args.id_col,
                                                  image_column=args.image_column)
     except LayoutError as exc:
         raise UsageError(str(exc)) from None
     if dataset.layout != "webdataset" and args.out is None:
         raise UsageError(f"{args.path} is a {dataset.layout} source, read-only here: name a directory for "
                          "the scored Parquet files with --out DIR")
-    local = args.scheduler_file is None and args.cluster in LOCAL_CLUSTERS
-    if args.tiny and not local:
-        raise UsageError("--tiny runs on a local cluster (--cluster cpu, gpu or sync): its random model is "
-                         "a file on this machine")
-    model, kwargs, pretrained, checkpoint = common.model_choice(args)
     aesthetic = common.check_weights(args, model, kwargs, pretrained, checkpoint, local)
+    head = common.concrete_head(args, model)
     if args.tiny:
         print(f"NOTE: {common.TINY_NOTE}.", flush=True)
+        if aesthetic is None:
+            print(common.RANDOM_HEAD_NOTE, flush=True)
     batch_size, threads = common.batch_and_threads(args)
     out = args.out or args.path
     with tempfile.TemporaryDirectory(prefix="nemo-aesthetic-tiny-") as tmp:
-        if args.tiny and checkpoint is None:
-            checkpoint = common.save_tiny_checkpoint(model, kwargs, os.path.join(tmp, "tiny-random-clip.pth"))
+        if args.tiny:
+            checkpoint, aesthetic = common.tiny_models(model, kwargs, checkpoint, aesthetic, head, tmp)
             pretrained = False
-        embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, threads,
-                                        common.concrete_head(args, model))
+        embedder = common.make_embedder(model, kwargs, pretrained, checkpoint, aesthetic, batch_size, threads, head)
         with dask_client(args.cluster, args.scheduler_file, args.workers, len(dataset.shards),
                          args.quiet) as client:
             logger.info("scoring %d shard(s) of %s with %s", len(dataset.shards), args.path, model)

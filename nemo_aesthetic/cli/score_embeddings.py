@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
+from nemo_aesthetic.cli import common
 from nemo_aesthetic.cli.cluster import dask_client
-from nemo_aesthetic.cli.options import add_head_option, add_quiet_option, cluster_address, positive_int
+from nemo_aesthetic.cli.options import (V1_FOR_EMBEDDINGS, UsageError, add_head_options, add_quiet_option, cluster_address,
+                                        positive_int)
 
 logger = logging.getLogger("nemo_aesthetic.cli")
 
@@ -26,7 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--format", dest="file_format", choices=("npy", "parquet_npy", "parquet"), default=None,
                    help="the layout (default: parquet_npy with --metadata, else npy)")
     p.add_argument("--metadata", metavar="DIR", default=None, help="metadata Parquet folder of the parquet_npy layout")
-    add_head_option(p, "ViT-L/14 (use v1-b16 / v1-b32 for 512-d embeddings)")
+    add_head_options(p, V1_FOR_EMBEDDINGS)
     p.add_argument("--embedding-column", metavar="COL", default="embedding",
                    help="the embedding column of the parquet layout (default: embedding)")
     p.add_argument("--columns", metavar="COLS", default=None,
@@ -48,11 +51,16 @@ def run(args) -> int:
 
     file_format = args.file_format or ("parquet_npy" if args.metadata else "npy")
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    _check_options(args, file_format, columns)
+    weights = common.aesthetic_weights_option(args.aesthetic_weights, args.head)
     began = time.perf_counter()
     with dask_client(args.cluster, args.scheduler_file, args.workers, 1_000_000, args.quiet) as client:
-        summary = score_embeddings(args.src, args.out, file_format=file_format, metadata=args.metadata,
-                                   head=args.head, embedding_column=args.embedding_column, columns=columns,
-                                   client=client, batch_rows=args.batch_rows)
+        try:
+            summary = score_embeddings(args.src, args.out, file_format=file_format, metadata=args.metadata,
+                                       head=args.head, embedding_column=args.embedding_column, columns=columns,
+                                       client=client, batch_rows=args.batch_rows, model_path=weights)
+        except ValueError as exc:  # the API's head='v1-b16' is the command's --head v1-b16
+            raise UsageError(re.sub(r"head='([\w-]+)'", r"--head \1", str(exc))) from None
     elapsed = time.perf_counter() - began
     rows, errors = summary["rows"], summary["errors"]
     print(f"files: {len(summary['written'])} written, {len(summary['skipped'])} already done   rows: {rows}   "
@@ -61,3 +69,16 @@ def run(args) -> int:
         print(f"  {count:>10}  {reason}")
     print(f"scores written to {args.out}")
     return 0
+
+
+def _check_options(args, file_format: str, columns: list[str] | None) -> None:
+    """The library's refusals of these arguments, said in the command's terms."""
+    _, out = common.fs_root(args.out)
+    for option, folder in (("SRC", args.src), ("--metadata", args.metadata)):
+        if folder and (out + "/").startswith(common.fs_root(folder)[1] + "/"):
+            raise UsageError(f"--out {args.out} is inside {option} ({folder}); write the scores elsewhere")
+    if args.metadata and file_format != "parquet_npy":
+        raise UsageError(f"--metadata is for --format parquet_npy, not --format {file_format}")
+    if file_format == "npy" and columns:
+        raise UsageError("--format npy has no metadata columns to copy: use --format parquet_npy with --metadata "
+                         "for --columns")

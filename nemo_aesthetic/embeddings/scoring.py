@@ -31,6 +31,7 @@ from nemo_aesthetic.embeddings.layouts import (
     plan_files,
 )
 from nemo_aesthetic.prefetch import prefetch
+from nemo_aesthetic.weights import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ PROVENANCE_KEY = b"nemo_aesthetic.score_embeddings"
 def score_embeddings(embeddings: str, out: str, *, file_format: str = "npy", metadata: str | None = None,
                      head: str = "v2", embedding_column: str = "embedding", columns: list[str] | None = None,
                      storage_options: dict | None = None, client=None, batch_rows: int = 65536,
-                     rows_per_task: int = 2**21) -> dict:
+                     rows_per_task: int = 2**21, model_path: str | None = None) -> dict:
     """Score every embedding under ``embeddings`` and write ``out/<file>.parquet`` per input file.
 
     Args:
@@ -64,6 +65,7 @@ def score_embeddings(embeddings: str, out: str, *, file_format: str = "npy", met
         client: a ``distributed.Client`` to run on (default: dask's current scheduler).
         batch_rows: rows read and scored at once: a worker holds about ``batch_rows x d`` floats.
         rows_per_task: a bigger ``.npy`` file is scored as several tasks of this many rows.
+        model_path: the head's weights file (default: the cache's, downloaded and verified if absent).
 
     Each output holds the chosen metadata columns, ``aesthetic_score`` (float32, null where the
     embedding is null, NaN/infinite or all zeros) and ``error`` (the reason, else null), row for
@@ -89,11 +91,12 @@ def score_embeddings(embeddings: str, out: str, *, file_format: str = "npy", met
         raise ValueError("batch_rows and rows_per_task must be >= 1")
 
     files = plan_files(fs, root, file_format, embedding_column, meta_fs, meta_root)
-    classifier = AestheticClassifier(head=head)
+    classifier = AestheticClassifier(head=head, model_path=model_path)
     classifier.check_embedding_dim(files[0].dim, source=files[0].path)  # before any work
     # What makes an existing output "this job's": resume skips only files written with the same head
     # and columns, so a run with other settings rewrites them instead of mixing silently.
-    provenance = json.dumps({"head": classifier.concrete_head, "weights": classifier.weights.sha256,
+    weights = classifier.weights.sha256 if model_path is None else sha256_of(model_path)
+    provenance = json.dumps({"head": classifier.concrete_head, "weights": weights,
                              "columns": columns})
     out_fs.makedirs(out_root, exist_ok=True)
     targets = [posixpath.join(out_root, f"{f.name}.parquet") for f in files]

@@ -57,7 +57,8 @@ def write_report(dataset, out: str, threshold: float | None = None, top: int = 2
         histogram: where to write the histogram PNG (default: ``out`` with ``.png``; "" for none).
 
     Returns a summary dict: ``rows``, ``scored``, ``errors``, ``threshold``,
-    ``threshold_is_median``, ``passing`` (scored rows >= threshold), ``images`` (thumbnails
+    ``threshold_is_median``, ``passing`` (scored rows >= threshold), ``lowest`` and ``highest``
+    (scores; None if none), ``images`` (thumbnails
     shown), ``missing_images``, ``html`` and ``png`` (the paths written), ``tiny`` (scored with
     ``--tiny``'s random model: the page says so in a banner).
     """
@@ -115,6 +116,8 @@ def write_report(dataset, out: str, threshold: float | None = None, top: int = 2
         "threshold": threshold,
         "threshold_is_median": threshold_is_median,
         "passing": int((finite >= threshold).sum()) if threshold is not None else 0,
+        "lowest": float(finite.min()) if len(finite) else None,
+        "highest": float(finite.max()) if len(finite) else None,
         "images": sum(1 for v in thumbs.values() if v),
         "missing_images": sum(1 for v in thumbs.values() if not v),
         "html": out,

@@ -208,3 +208,27 @@ class AestheticClassifier(ImageClassifier):
             return (embeddings.to(torch.float32) @ weight).to(torch.float64) + b
 
         return score
+
+
+#: Where the LAION predictors' scores of real images lie, on their nominal 0-10 scale: a threshold
+#: outside it keeps (nearly) everything or nothing. NeMo Curator 1.x's default score_threshold=0.5
+#: is below it.
+TYPICAL_SCORES = (1.0, 9.0)
+
+
+def threshold_warning(threshold: float, option: str, lowest: float | None = None,
+                      highest: float | None = None) -> str | None:
+    """One line when ``threshold`` (as ``option`` names it) keeps every score or none: compared
+    with the lowest and highest of the scores at hand, or, without them, with :data:`TYPICAL_SCORES`
+    ("nearly"). None when it cuts."""
+    known = lowest is not None and highest is not None
+    low, high = (lowest, highest) if known else TYPICAL_SCORES
+    if threshold <= low:
+        what = "every scored row" if known else "nearly every image"
+    elif threshold > high:
+        what = "no row" if known else "nearly no image"
+    else:
+        return None
+    where = f"the scores here range {low:.2f} to {high:.2f}" if known else f"real images score about {low:g} to {high:g}"
+    return (f"{option} {threshold:g} keeps {what}: {where} on the LAION aesthetic predictor's 0-10 scale "
+            "(LAION-Aesthetics kept >= 5, 6 or 6.5)")

@@ -78,6 +78,9 @@ class TimmImageEmbedder(ImageEmbedder):
             with torch.device("meta"):
                 model = timm.create_model(self.model_name, pretrained=False, **self.model_kwargs)
         except RuntimeError as exc:
+            from nemo_aesthetic.weights import check_model_name
+
+            check_model_name(self.model_name)  # says which names are close
             raise ValueError(f"timm does not know model {self.model_name!r}: {exc}") from exc
         return int(model.num_classes or model.num_features)
 
@@ -91,6 +94,10 @@ class TimmImageEmbedder(ImageEmbedder):
         kwargs = dict(self.model_kwargs)
         if self.cache_dir is not None:
             kwargs["cache_dir"] = self.cache_dir
+        if self.pretrained and not self.checkpoint_path:
+            from nemo_aesthetic.weights import require_clip_weights_or_hub
+
+            require_clip_weights_or_hub(self.model_name, self.cache_dir)  # at once, not after a minute of retries
         try:
             if self.checkpoint_path:
                 kwargs["checkpoint_path"] = self.checkpoint_path

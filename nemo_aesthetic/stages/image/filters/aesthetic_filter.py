@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nemo_aesthetic.image.classifiers.aesthetic import HEADS, resolve_head
+from nemo_aesthetic.image.classifiers.aesthetic import HEADS, resolve_head, threshold_warning
 from nemo_aesthetic.models.aesthetics import AestheticScorer
 from nemo_aesthetic.stages.base import logger
 from nemo_aesthetic.stages.image.filters.base import BaseFilterStage
@@ -23,6 +23,7 @@ class ImageAestheticFilterStage(BaseFilterStage):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.concrete_head = resolve_head(self.head)
+        _warn_once_about_the_scale(self.score_threshold)
 
     def follow_backbone(self, model_name: str, embedding_dim: int) -> None:
         self.concrete_head = resolve_head(self.head, model_name)
@@ -43,3 +44,15 @@ class ImageAestheticFilterStage(BaseFilterStage):
 
     def keep(self, score: float) -> bool:
         return score >= self.score_threshold
+
+
+_WARNED_THRESHOLDS: set[float] = set()
+
+
+def _warn_once_about_the_scale(threshold: float) -> None:
+    """Upstream's default ``score_threshold=0.5`` (kept) keeps nearly every image on the 0-10 scale:
+    say so once per threshold and process, where the stage is made."""
+    warning = threshold_warning(threshold, "score_threshold")
+    if warning and threshold not in _WARNED_THRESHOLDS:
+        _WARNED_THRESHOLDS.add(threshold)
+        logger.warning(warning)
