@@ -154,6 +154,10 @@ class GpuBusy:
     def __str__(self):
         return f"{sum(self.samples) / len(self.samples):.0f}%" if self.samples else "n/a"
 
+    @property
+    def mean(self) -> float | None:
+        return round(sum(self.samples) / len(self.samples), 1) if self.samples else None
+
 
 def make_embedder(args, ckpt: str, weights: str, **overrides):
     from nemo_aesthetic.image.classifiers import AestheticClassifier

@@ -9,7 +9,7 @@ from nemo_aesthetic.distributed import get_client, load_object_on_worker
 dask.config.set({"dataframe.convert-string": False})
 
 __all__ = ["get_client", "load_object_on_worker", "ImageTextPairDataset", "TimmImageEmbedder",
-           "AestheticClassifier", "NsfwClassifier"]
+           "AestheticClassifier", "NsfwClassifier", "ClusteringModel", "SemanticClusterLevelDedup"]
 __version__ = "0.1.0"
 
 
@@ -27,4 +27,8 @@ def __getattr__(name):
         from nemo_aesthetic.image import classifiers
 
         return getattr(classifiers, name)
+    if name in ("ClusteringModel", "SemanticClusterLevelDedup"):
+        from nemo_aesthetic.modules import semantic_dedup
+
+        return getattr(semantic_dedup, name)
     raise AttributeError(f"module 'nemo_aesthetic' has no attribute {name!r}")

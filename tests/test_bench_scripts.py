@@ -39,6 +39,25 @@ def test_score_precomputed_smoke():
     assert "score npy / np.load:" in out and "score npy, cold / np.load, cold:" in out
 
 
+def test_gpu_check_steps_run_on_cpu(tmp_path):
+    """`bash bench/gpu-check.sh` (bench/gpu_check.py) in its CPU rehearsal: the fidelity, host and
+    photo steps run and reach the summary (the GPU itself is only on a lent machine)."""
+    env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable, OUT=str(tmp_path / "out"),
+               GPU_CHECK_WORK=str(tmp_path / "work"), GPU_CHECK_STEPS="fidelity,host,photo",
+               FIDELITY_ARGS="--tiny --device cpu --photos 4", HOST_ARGS="--images 8 --repeat 1",
+               PHOTO_ARGS="--sections data,host --photos 16", GPU_CHECK_BUDGET="500")
+    repo = os.path.join(os.path.dirname(__file__), "..")
+    out = subprocess.run(["bash", os.path.join(BENCH, "gpu-check.sh")], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=560)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    for step in ("fidelity", "host", "photo"):
+        assert f"ok       {step}" in summary, summary
+    assert "fidelity model input" in summary and "precision pure bf16" in summary, summary
+    assert "decode calls/batch" in summary and "tar parsing" in summary, summary
+    assert "host " in summary and "FAILED" not in summary, summary
+
+
 def test_sources_smoke():
     """bench/sources.py: every layout read and scored whole (it asserts no row has an error)."""
     out = _run(os.path.join(BENCH, "sources.py"), "--smoke")

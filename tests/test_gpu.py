@@ -188,3 +188,35 @@ def test_corrupt_jpegs_get_the_cpu_paths_outcome_on_nvjpeg(tiny_model):
             assert isinstance(ours, ImageDecodeError) and str(ours) == str(exc), name
             continue
         assert float((ours.float().cpu() - reference).abs().mean()) < 0.02, name
+
+
+def test_forward_launch_does_not_wait_for_the_device(tiny_model):
+    """The batch loop launches batch N+1 before reading batch N back: launching must not make the
+    host wait for the GPU (CUDA's sync debug mode raises on any synchronising call)."""
+    from nemo_aesthetic.engine import make_forward
+
+    model = tiny_model.to("cuda")
+    forward = make_forward(model, [("s", lambda e: e.sum(1))], "cuda")
+    batch = torch.randn(8, 3, 224, 224, device="cuda")
+    forward.launch(batch).result()  # warm-up (cuDNN/cuBLAS handles)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pending = forward.launch(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    embeddings, scores = pending.result()
+    assert embeddings.shape[0] == 8 and scores["s"].shape == (8,)
+
+
+def test_batched_resize_on_cuda_matches_the_per_size_transforms(tiny_model):
+    from nemo_aesthetic.image.tensor_preprocess import TensorBatchPreprocessor
+
+    payloads = [web_photo(130 + i) for i in range(16)]
+    batched = TensorBatchPreprocessor(tiny_model, "cuda")
+    assert batched.resize_crop is not None  # the default on CUDA
+    got = batched(payloads)
+    reference = TensorBatchPreprocessor(tiny_model, "cuda", batched_resize=False)(payloads)
+    assert got.rows == reference.rows
+    diff = (got.images.float() - reference.images.float()).abs()
+    assert float(diff.max()) <= float(batched.scale.max()) * 1.01  # at most one 8-bit level

@@ -187,3 +187,135 @@ def test_torchvision_too_old_for_batched_decoding_is_refused_by_name(tiny_model,
     monkeypatch.setattr(torchvision, "__version__", "0.18.1+cu121")
     with pytest.raises(ImportError, match=r"torchvision>=0\.20.*0\.18\.1.*decode='pil'"):
         TensorBatchPreprocessor(tiny_model, "cpu")
+
+
+# ------------------------------------------------------------------ the engine's batch loop
+def test_batch_loop_launches_the_next_forward_before_reading_the_last_one_back():
+    """On CUDA the forward's outputs come back asynchronously (pinned copies + an event): the loop
+    must launch batch N+1 before it waits for batch N's results, and decode two chunks ahead."""
+    import torch
+
+    from nemo_aesthetic.engine import BatchPreprocessor, embed_stream
+
+    log = []
+
+    class Preprocessor(BatchPreprocessor):
+        def start(self, payloads):
+            log.append(f"decode {payloads[0]}")
+            return lambda: [torch.full((2,), float(p)) for p in payloads]
+
+    class Output:
+        def __init__(self, batch):
+            self.batch = batch
+            log.append(f"launch {int(batch[0, 0])}")
+
+        def result(self):
+            log.append(f"read {int(self.batch[0, 0])}")
+            return self.batch.numpy(), {}
+
+    def forward(batch):  # the synchronous form, unused when launch exists
+        raise AssertionError("the loop must launch, not call")
+
+    forward.launch = Output
+    with Preprocessor(per_image=None, threads=1) as pre:
+        batches = list(embed_stream(((i, i) for i in range(8)), pre, forward, batch_size=2, on_error=None))
+    assert [b.tags for b in batches] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert log[:3] == ["decode 0", "decode 2", "decode 4"]  # prefetch: two chunks ahead of the model
+    for n in (0, 2, 4):
+        assert log.index(f"launch {n + 2}") < log.index(f"read {n}")  # N+1 launched before N is read
+
+
+def test_device_preparation_runs_batches_on_several_threads_in_order(tiny_model):
+    import threading
+    import time
+
+    from factory import web_photo
+
+    from nemo_aesthetic.image.tensor_preprocess import DeviceBatchPreprocessor, TensorBatchPreprocessor
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    class Slow(TensorBatchPreprocessor):
+        def __call__(self, *args, **kwargs):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.3)
+            try:
+                return super().__call__(*args, **kwargs)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+    payloads = [[web_photo(90 + b, long_side=(200, 260))] for b in range(4)]
+    with DeviceBatchPreprocessor(Slow(tiny_model, "cpu"), threads=2, prep_threads=2) as prep:
+        waits = [prep.start(p) for p in payloads]
+        results = [wait()[0] for wait in waits]
+    assert most[0] == 2
+    alone = TensorBatchPreprocessor(tiny_model, "cpu")
+    for p, got in zip(payloads, results):
+        assert torch_equal(got, alone(p).per_payload(1)[0])
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+# ------------------------------------------------------------------ precision modes
+def test_pure_bf16_runs_the_whole_model_in_bf16_close_to_fp32(tmp_path):
+    """Opt-in pure bf16 (weights and activations, no autocast): the embedder loads bf16 weights and
+    its embeddings stay close in direction to the fp32 run on the same images."""
+    import timm
+    import torch
+    from factory import TINY_KWARGS, TINY_MODEL, write_img2dataset
+
+    from nemo_aesthetic.datasets import ImageTextPairDataset
+    from nemo_aesthetic.image.embedders import TimmImageEmbedder
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny.pth"
+    torch.save(timm.create_model(TINY_MODEL, pretrained=False, **TINY_KWARGS).state_dict(), checkpoint)
+    root = tmp_path / "ds"
+    write_img2dataset(root, n_shards=1, rows_per_shard=8, fail_every=0, image_size=(160, 120))
+
+    def embed(**options):
+        emb = TimmImageEmbedder(TINY_MODEL, model_kwargs=TINY_KWARGS, checkpoint_path=str(checkpoint),
+                                batch_size=3, device="cpu", **options)
+        df = emb(ImageTextPairDataset.from_webdataset(str(root))).metadata.compute(scheduler="sync")
+        return emb, frames.embeddings_to_matrix(df.sort_values("key")["image_embedding"])
+
+    emb, (pure, valid) = embed(pure_bf16=True)
+    _, (fp32, _) = embed()
+    assert valid.all()
+    assert {p.dtype for p in emb.load_embedding_model("cpu").parameters()} == {torch.bfloat16}
+    assert emb.model_cache_key("cpu") != TimmImageEmbedder(TINY_MODEL, model_kwargs=TINY_KWARGS).model_cache_key("cpu")
+    cosine = (pure * fp32).sum(1) / np.linalg.norm(pure, axis=1) / np.linalg.norm(fp32, axis=1)
+    assert cosine.min() > 0.99 and not np.array_equal(pure, fp32)
+
+
+def test_differently_sized_images_are_resized_in_batched_products_as_timm_does(tiny_model, monkeypatch):
+    """The device path resizes and crops images of many sizes in a few matrix products (no resize
+    call per image) and gets timm's transform result up to one 8-bit level; forced on here, where
+    the default (on CUDA only) would keep the per-size calls."""
+    import torch
+    from factory import decode_corpus, web_photo
+    from torchvision import transforms as T
+
+    from nemo_aesthetic.image.tensor_preprocess import TensorBatchPreprocessor
+
+    payloads = [web_photo(120 + i, long_side=(200, 500)) for i in range(6)] + list(decode_corpus().values())
+    reference = TensorBatchPreprocessor(tiny_model, "cpu", max_pixels=5_000_000)(payloads)
+    calls = []
+    real = T.Resize.forward
+    monkeypatch.setattr(T.Resize, "forward", lambda self, img: calls.append(1) or real(self, img))
+    batched = TensorBatchPreprocessor(tiny_model, "cpu", max_pixels=5_000_000, batched_resize=True)
+    assert batched.resize_crop is not None
+    got = batched(payloads)
+    assert calls == []  # every size in the batched products
+    assert got.rows == reference.rows and got.failures.keys() == reference.failures.keys()
+    one_level = float(batched.scale.max())  # one 8-bit level in normalised units
+    diff = (got.images - reference.images).abs()
+    assert float(diff.max()) <= one_level * 1.01 and float(diff.mean()) < one_level / 100

@@ -20,6 +20,15 @@ from nemo_aesthetic.dedup.pairwise import cluster_matches
 logger = logging.getLogger("nemo_aesthetic")
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute on the client: Dask workers may run in another directory (a
+    notebook's ``./out`` must mean the notebook's folder on every worker). URLs are left alone."""
+    path = str(path)
+    if "://" in path and not path.startswith("file://"):
+        return path
+    return os.path.abspath(path.removeprefix("file://"))
+
+
 def write_clusters(ddf, embedding_field: str, centroids: np.ndarray, output_path: str, keep_columns: list[str],
                    partition_column: str = "centroid", left_out_path: str | None = None,
                    storage_options: dict | None = None) -> tuple[int, int]:

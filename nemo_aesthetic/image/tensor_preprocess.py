@@ -111,8 +111,11 @@ class TensorBatchPreprocessor:
     decoded in ``pil_pool`` (while the device decodes the rest), or on the calling thread.
     """
 
-    def __init__(self, model, device: str, max_pixels: int = DEFAULT_MAX_PIXELS, dtype=None):
+    def __init__(self, model, device: str, max_pixels: int = DEFAULT_MAX_PIXELS, dtype=None,
+                 batched_resize: bool | None = None):
         import torch
+
+        from nemo_aesthetic.image.batched_resize import plan
 
         check_torchvision()
         self.device = torch.device(device)
@@ -120,6 +123,10 @@ class TensorBatchPreprocessor:
         self.max_pixels = max_pixels
         self.dtype = dtype or torch.float32
         self.geometry, normalize = _timm_steps(model)
+        # differently sized images resized in a few matrix products: on CUDA (default), where it
+        # saves a resize call per image; on the CPU the dense products cost more than the resize
+        use_batched = self.device.type == "cuda" if batched_resize is None else batched_resize
+        self.resize_crop = plan(self.geometry) if use_batched else None
         mean = torch.as_tensor(normalize.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.as_tensor(normalize.std, dtype=torch.float32).view(1, -1, 1, 1)
         if (std == 0).any():
@@ -232,14 +239,20 @@ class TensorBatchPreprocessor:
         return image.pin_memory() if self.cuda else image
 
     def _transform(self, images: dict, failures: dict, dtype) -> tuple[object, list[int]]:
-        """``(batch, rows)``: each group of equally sized images resized and cropped in one call,
-        then the batch normalised in one multiply-add."""
+        """``(batch, rows)``: the images resized and cropped in a few batched products (on CUDA),
+        or each group of equally sized images in one call of timm's transforms; then the batch
+        normalised in one multiply-add."""
         import torch
 
+        out: dict[int, object] = {}
+        batched = [r for r in sorted(images) if self.resize_crop is not None
+                   and self.resize_crop.fits(*images[r].shape[-2:])]
+        if batched:  # all sizes at once (see batched_resize)
+            out.update(zip(batched, self.resize_crop([images[r] for r in batched]).unbind(0)))
         groups: dict[tuple, list[int]] = {}
         for row in sorted(images):
-            groups.setdefault(tuple(images[row].shape), []).append(row)
-        out: dict[int, object] = {}
+            if row not in out:
+                groups.setdefault(tuple(images[row].shape), []).append(row)
         for members in groups.values():
             try:
                 x = torch.stack([images[r] for r in members])

@@ -212,7 +212,8 @@ class ImageEmbedder(ABC):
         scorers = [(clf.pred_column, load_object_on_worker(clf.cache_key(device), clf.load_model, device))
                    for clf in self.classifiers]
         run = ShardColumns(ids, self.embedding_dim, [name for name, _ in scorers])
-        forward = make_forward(model, scorers, device, self.normalize_embeddings, self.autocast)
+        forward = make_forward(model, scorers, device, self.normalize_embeddings, self.autocast,
+                               pure_bf16=getattr(self, "pure_bf16", False))
         if tar_path is None and source is None:
             run.tar_error = f"shard {shard_name} has no tar file"
         else:

@@ -45,6 +45,9 @@ class TimmImageEmbedder(ImageEmbedder):
             applies timm's transforms to tensors on the device, a batch at a time (the default
             on CUDA; other formats fall back to PIL per image); "auto" picks by device.
         compile: ``torch.compile`` the model (worth it for long GPU jobs; first batch is slow).
+        pure_bf16: opt in to running the whole model in bf16 (weights and activations: layer norms,
+            QuickGELU and softmax too, which ``compile=True`` then fuses) instead of bf16 autocast.
+            Faster; what it costs in fidelity against fp32 is in BENCHMARKS.md ("GPU").
     """
 
     def __init__(self, model_name: str, pretrained: bool = False, batch_size: int | None = None,
@@ -52,7 +55,8 @@ class TimmImageEmbedder(ImageEmbedder):
                  normalize_embeddings: bool = True, classifiers: Iterable = (), autocast: bool = True,
                  use_index_files: bool = False, checkpoint_path: str | None = None,
                  model_kwargs: dict | None = None, cache_dir: str | None = None, device: str | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, decode: str = "auto", compile: bool = False):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, decode: str = "auto", compile: bool = False,
+                 pure_bf16: bool = False):
         super().__init__(model_name, image_embedding_column=image_embedding_column, classifiers=classifiers,
                          batch_size=batch_size, num_threads_per_worker=num_threads_per_worker,
                          normalize_embeddings=normalize_embeddings, autocast=autocast, device=device,
@@ -66,6 +70,7 @@ class TimmImageEmbedder(ImageEmbedder):
             raise ValueError(f"decode must be 'auto', 'pil' or 'tensor', not {decode!r}")
         self.decode = decode
         self.compile = compile
+        self.pure_bf16 = pure_bf16
         self._embedding_dim = self._probe_embedding_dim()
 
     def _probe_embedding_dim(self) -> int:
@@ -115,7 +120,7 @@ class TimmImageEmbedder(ImageEmbedder):
         return model
 
     def _bf16_weights(self, device: str) -> bool:
-        return self.autocast and str(device).startswith("cuda")
+        return self.pure_bf16 or (self.autocast and str(device).startswith("cuda"))
 
     def decode_mode(self, device: str) -> str:
         """"tensor" (torchvision decode + transforms on the device) or "pil" (the reference path)."""
@@ -160,7 +165,7 @@ class TimmImageEmbedder(ImageEmbedder):
 
     def model_cache_key(self, device: str) -> str:
         spec = json.dumps([self.model_name, self.pretrained, self.checkpoint_path, self.model_kwargs,
-                           self.cache_dir, self.max_pixels, self.decode, self.compile, self._bf16_weights(device),
+                           self.cache_dir, self.max_pixels, self.decode, self.compile, self.pure_bf16, self._bf16_weights(device),
                            device],
                           sort_keys=True, default=str)
         return "timm-embedder-" + hashlib.sha1(spec.encode()).hexdigest()

@@ -18,6 +18,7 @@ import fsspec
 import numpy as np
 
 from nemo_aesthetic.backends.base import BaseExecutor
+from nemo_aesthetic.dedup.clusters import absolute
 from nemo_aesthetic.pipeline import Pipeline
 from nemo_aesthetic.pipeline.workflow import WorkflowBase, WorkflowRunResult
 from nemo_aesthetic.stages.deduplication.semantic.identify_duplicates import IdentifyDuplicatesStage
@@ -47,8 +48,10 @@ class SemanticDeduplicationWorkflow(WorkflowBase):
                  eps: float | None = None, _duplicates_num_row_groups_hint: int | None = None,
                  read_kwargs: dict[str, Any] | None = None, cache_kwargs: dict[str, Any] | None = None,
                  write_kwargs: dict[str, Any] | None = None, clear_output: bool = True, verbose: bool = True):
-        self.input_path, self.output_path = input_path, output_path
-        self.cache_path = cache_path or output_path
+        # local paths made absolute here: the workers may run in another directory
+        self.input_path = absolute(input_path) if isinstance(input_path, str) else [absolute(p) for p in input_path]
+        self.output_path = absolute(output_path)
+        self.cache_path = absolute(cache_path) if cache_path else self.output_path
         self.kmeans_output_path = os.path.join(self.cache_path, "kmeans_results")
         self.pairwise_output_path = os.path.join(self.cache_path, "pairwise_results")
         self.duplicates_output_path = os.path.join(self.output_path, "duplicates")
