@@ -3,7 +3,6 @@
 by the real ``datasets``), and tars with png/webp members. Each is scored through the legacy front
 and the CLI: every input row comes out, scored or with its reason, and the scores are those of the
 same bytes read from tars."""
-import io
 import os
 import subprocess
 import sys
@@ -253,6 +252,11 @@ def test_parquet_bad_input_per_row_reasons_or_one_clear_error(tmp_path, tiny_che
     assert "null in this row" in df["error"][1] and "not an image" in df["error"][2]
     assert "image too large" in df["error"][4]
     assert df["error"][[0, 3, 5, 6, 7]].isna().all() and df["aesthetic_score"][[0, 3, 5, 6, 7]].notna().all()
+
+    # the input files (their images) are never written over
+    with pytest.raises(ValueError, match="would replace the input Parquet files"):
+        ImageTextPairDataset.from_parquet(str(root)).save_metadata(str(root))
+    assert pq.read_table(root / "part-0.parquet").column("png").to_pylist() == cells
 
     # no image column, or the named one of another type: one clear error naming the columns
     _write(tmp_path / "no_image.parquet", {"url": ["http://x/1.jpg"], "caption": ["c"]})

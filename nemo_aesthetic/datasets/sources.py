@@ -36,6 +36,16 @@ class SourceConstructors:
         if path is None and self.layout != "webdataset":
             raise ValueError(f"{self.path} is a {self.layout} dataset, read-only here: pass save_metadata a "
                              "path (score --out DIR) for its metadata")
+        if path is not None and self.layout == "parquet":  # one output file per input file, by name
+            from nemo_aesthetic.atomic import location
+
+            fs, root = fsspec.core.url_to_fs(path, **self.storage_options)
+            targets = {location(fs, f"{root.rstrip('/')}/{s.name}.parquet") for s in self.shards}
+            inputs = {location(fs, fsspec.core.url_to_fs(s.source.path, **self.storage_options)[1])
+                      for s in self.shards if s.source is not None}
+            if targets & inputs:
+                raise ValueError(f"writing the metadata to {path} would replace the input Parquet files (and "
+                                 "their images); choose another directory")
 
     @classmethod
     def from_image_folder(cls, path: str, storage_options: dict | None = None,
