@@ -212,3 +212,22 @@ def test_the_api_example_starts_its_cluster_in_jupyter(tmp_path):
         """), "    ")
     run_in_jupyter(code, fresh_env(tmp_path), tmp_path)
     assert int(marker.read_text()) >= 1
+
+
+@pytest.mark.slow
+def test_the_api_example_offline_stops_at_the_first_failure(tmp_path, real_aesthetic_weights):
+    """No CLIP weights and no network: the first model load fails at once with what to place where,
+    instead of every worker retrying the hub for a minute ("Retrying in 8s")."""
+    home = tmp_path / "nemo_home"
+    home.mkdir()
+    shutil.copy(real_aesthetic_weights, home / Path(real_aesthetic_weights).name)
+    write_img2dataset(tmp_path / "ds", n_shards=2, rows_per_shard=3)
+    script = as_script(tmp_path, block(API), {"/data/laion_subset": tmp_path / "ds",
+                                              "/data/laion_aesthetic": tmp_path / "kept"})
+    start = time.monotonic()
+    proc = run_script(script, fresh_env(tmp_path, NEMO_AESTHETIC_HOME=home), timeout=300)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "Retrying" not in proc.stderr, proc.stderr
+    assert "weights are not available (cannot reach http://127.0.0.1:9" in proc.stderr, proc.stderr
+    assert "models--timm--vit_large_patch14_clip_224.openai" in proc.stderr
+    assert time.monotonic() - start < 120
