@@ -59,7 +59,8 @@ def clip_weights_message(model_name: str, repo: str, filenames: list[str], reaso
         f"where it must sit as {os.path.join(cache, folder, 'snapshots', '<revision>', filenames[0])}.",
         f"To fill the cache, on a machine with network: hf download {repo} {filenames[0]}",
         f"and copy {os.path.join(cache, folder)} to the same place here (then HF_HUB_OFFLINE=1 works);",
-        "or pass --clip-checkpoint PATH with a local timm state dict of the model.",
+        "or load a local timm state dict of the model: --clip-checkpoint PATH (the command line),",
+        "TimmImageEmbedder(..., checkpoint_path=PATH) (the API).",
     ])
 
 

@@ -3,6 +3,7 @@ reading the written Parquet back, and checking a dataset path before any heavy i
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from nemo_aesthetic.cli.console import job_progress
@@ -51,6 +52,8 @@ def check_weights(args, model: str, kwargs: dict, pretrained: bool, checkpoint: 
     except WeightsUnavailableError as exc:
         if not (args.tiny and args.aesthetic_weights is None):
             problems.append(str(exc))
+        else:  # the random head is announced by the caller; say why the real one could not be had
+            print(f"NOTE: --tiny goes on without the real aesthetic head: {exc}", file=sys.stderr, flush=True)
     if checkpoint is not None:
         if local:
             check_checkpoint(checkpoint, model, kwargs)
