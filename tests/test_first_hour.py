@@ -224,3 +224,31 @@ def test_errors_name_the_options(tmp_path):
     infinite = one_line_error(run_command("report", tmp_path / "ds", "--threshold", "inf", env=env,
                                              cwd=tmp_path))
     assert "--threshold" in infinite, infinite
+
+
+# ------------------------------------------------------------------- 8. the README on a fresh clone
+def test_the_readme_sends_a_fresh_clone_to_nothing_outside_it():
+    """A clone has no ``../shared``: the README names no file outside the repository as something to
+    read, every relative link resolves inside the clone, and it says how to see the skips' reasons."""
+    outside = re.findall(r"\.\./shared/[\w.-]+", README)
+    assert not outside, outside  # e.g. "`../shared/DESIGN.md` explains the flow"
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", README):
+        assert (REPO / target).exists(), f"README links to {target}, which a clone does not have"
+    assert "python -m pytest -q -rs" in README
+
+
+def test_the_readme_table_of_shared_files_matches_the_files_the_tests_read():
+    """The table that tells a newcomer how to make the shared folder names the paths tests read."""
+    from conftest import AESTHETIC_WEIGHTS, SHARED, TESTDATA, skip_without_shared
+
+    skip_without_shared(TESTDATA, "the shared test data, to compare the README's table with")
+    rows = re.findall(r"^\| `((?:models|testdata)/[^`]+)` \|", README, re.M)
+    assert str(AESTHETIC_WEIGHTS.relative_to(SHARED)) in rows
+    for row in rows:
+        if "{" in row:  # models/laion-v1/sa_0_4_vit_{l_14,b_16,b_32}_linear.pth
+            head, names, tail = re.match(r"(.*)\{(.*)\}(.*)", row).groups()
+            paths = [head + name + tail for name in names.split(",")]
+        else:
+            paths = [row]
+        for path in paths:
+            assert (SHARED / path).exists(), f"the README's table names {path}, not in {SHARED}"
