@@ -13,12 +13,7 @@ import pandas as pd
 from nemo_aesthetic.atomic import atomic_open
 from nemo_aesthetic.stages.base import ProcessingStage
 from nemo_aesthetic.tasks import FileGroupTask
-
-
-def _disallow(kwargs: dict, names: list[str]) -> None:
-    found = [n for n in names if n in kwargs]
-    if found:
-        raise ValueError(f"Unsupported keyword argument(s) {found}: the stage sets them itself")
+from nemo_aesthetic.stages.deduplication.semantic.utils import disallow_kwargs as _disallow
 
 
 @dataclass

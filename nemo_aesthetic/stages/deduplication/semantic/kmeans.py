@@ -17,6 +17,7 @@ from nemo_aesthetic.stages.base import CompositeStage, ProcessingStage
 from nemo_aesthetic.stages.file_partitioning import FilePartitioningStage
 from nemo_aesthetic.stages.resources import Resources
 from nemo_aesthetic.tasks import FileGroupTask
+from nemo_aesthetic.stages.deduplication.semantic.utils import disallow_kwargs as _disallow
 
 logger = logging.getLogger("nemo_aesthetic")
 
@@ -32,12 +33,6 @@ def get_default_file_extensions(filetype: str) -> list[str]:
     if filetype == "jsonl":
         return [".jsonl", ".json"]
     raise ValueError(f"Unsupported filetype: {filetype}")
-
-
-def _disallow(kwargs: dict, names: list[str]) -> None:
-    found = [n for n in names if n in kwargs]
-    if found:
-        raise ValueError(f"Unsupported keyword argument(s) {found}: the stage sets them itself")
 
 
 class KMeansReadFitWriteStage(ProcessingStage):

@@ -17,6 +17,7 @@ from nemo_aesthetic.stages.base import CompositeStage, ProcessingStage
 from nemo_aesthetic.stages.deduplication.semantic.pairwise_io import ClusterWiseFilePartitioningStage
 from nemo_aesthetic.stages.resources import Resources
 from nemo_aesthetic.tasks import FileGroupTask
+from nemo_aesthetic.stages.deduplication.semantic.utils import disallow_kwargs as _disallow
 
 logger = logging.getLogger("nemo_aesthetic")
 
@@ -25,12 +26,6 @@ def pairwise_cosine_similarity_batched(cluster_reps, batch_size: int = 1024):
     """Upstream's name for :func:`~nemo_aesthetic.dedup.pairwise.pairwise_max_similarity`; runs
     on the tensor's device (upstream moves it to CUDA; here a CPU tensor stays on the CPU)."""
     return pairwise_max_similarity(cluster_reps, batch_size)
-
-
-def _disallow(kwargs: dict, names: list[str]) -> None:
-    found = [n for n in names if n in kwargs]
-    if found:
-        raise ValueError(f"Unsupported keyword argument(s) {found}: the stage sets them itself")
 
 
 class PairwiseCosineSimilarityStage(ProcessingStage):

@@ -34,3 +34,10 @@ def break_parquet_partition_into_groups(files: list[str], embedding_dim: int | N
         logger.debug("Broke %d files into %d subgroups with max %d files per subgroup", len(files), len(groups),
                      per_group)
     return groups
+
+
+def disallow_kwargs(kwargs: dict, names: list[str]) -> None:
+    """Refuse user read/write keyword arguments that a stage sets itself (as upstream's stages do)."""
+    found = [n for n in names if n in kwargs]
+    if found:
+        raise ValueError(f"Unsupported keyword argument(s) {found}: the stage sets them itself")
