@@ -60,6 +60,7 @@ def test_select_top_then_to_webdataset_embed_each_image_once(tmp_path, img2datas
 def test_to_webdataset_on_saved_metadata_persists_nothing(tmp_path, img2dataset_dir, cpu_client):
     """Metadata read from Parquet: the writes re-read it; no partition stays in the cluster's memory."""
     root, _ = img2dataset_dir
+    before = set(cpu_client.who_has())  # (the cluster is shared by the session's tests)
     ds = ImageTextPairDataset.from_webdataset(str(root))
     ds.metadata["keep"] = ds.metadata["caption"].notnull()
     result = ds.to_webdataset(str(tmp_path / "out"), filter_column="keep", samples_per_shard=4)
@@ -67,7 +68,7 @@ def test_to_webdataset_on_saved_metadata_persists_nothing(tmp_path, img2dataset_
     import time
 
     deadline = time.monotonic() + 10  # (results are released a moment after the client drops them)
-    while (held := {k: w for k, w in cpu_client.who_has().items() if w}) and time.monotonic() < deadline:
+    while (held := {k: w for k, w in cpu_client.who_has().items() if w and k not in before}) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not held, f"to_webdataset left data held in the cluster: {list(held)[:5]}"
 

@@ -197,6 +197,7 @@ def _run_on(client, stages, tasks, retries: int = PARTITION_RETRIES, failures: l
     finally:
         with contextlib.suppress(Exception):  # a worker that died took its stages with it
             client.run(tear_down_run, run_id)
+    futures = live = pending = future = None  # an error raised below must not keep the results in the cluster
     flat = [t for out in results for t in out]
     logger.info("pipeline: %d output task(s) in %.1fs", len(flat), time.perf_counter() - start)
     if failed:

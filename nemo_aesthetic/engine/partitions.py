@@ -47,7 +47,23 @@ def from_shards(read: Callable, specs: Sequence[Any], *, meta, label: str, **kwa
         return dd.from_map(read, list(specs), meta=meta, label=label, enforce_metadata=False, **kwargs)
 
 
-class _MapShards(Expr):
+class _SpecTasks(Expr):
+    """Tasks of ``func`` over partitions of ``frame``, each with its own spec: named by ``label`` and
+    ``token``, with the given ``meta``; column projections stop here (func may need any column)."""
+
+    @functools.cached_property
+    def _name(self) -> str:
+        return f"{self.operand('label')}-{tokenize(self.frame._name, self.operand('token'))}"
+
+    @functools.cached_property
+    def _meta(self):
+        return self.operand("meta")
+
+    def _simplify_up(self, parent, dependents):
+        return None
+
+
+class _MapShards(_SpecTasks):
     """``func(partition i, specs[i], *args, **kwargs)`` for each partition of ``frame``.
 
     Not a Blockwise expression, on purpose: dask pushes a partition selection through Blockwise
@@ -59,14 +75,6 @@ class _MapShards(Expr):
     _parameters = ["frame", "func", "specs", "meta", "args", "kwargs", "label", "token", "costly"]
     _defaults = {"costly": False}
 
-    @functools.cached_property
-    def _name(self) -> str:
-        return f"{self.operand('label')}-{tokenize(self.frame._name, self.operand('token'))}"
-
-    @functools.cached_property
-    def _meta(self):
-        return self.operand("meta")
-
     def _divisions(self):
         return (None,) * (self.frame.npartitions + 1)
 
@@ -75,9 +83,6 @@ class _MapShards(Expr):
         name, parent = self._name, self.frame._name
         return {(name, i): Task((name, i), _apply, func, TaskRef((parent, i)), spec, args, kwargs)
                 for i, spec in enumerate(specs)}
-
-    def _simplify_up(self, parent, dependents):
-        return None  # column projections stop here: func may need any column
 
 
 def _apply(func, partition, spec, args, kwargs):
@@ -104,19 +109,11 @@ def map_shards(func: Callable, frame: dd.DataFrame, specs: Sequence[Any], *args,
     return new_collection(expr)
 
 
-class _MapGroups(Expr):
+class _MapGroups(_SpecTasks):
     """``func([partitions i of group j], specs[j], *args, **kwargs)``: one task per group, which
     depends on its own partitions only and carries its own spec only."""
 
     _parameters = ["frame", "func", "groups", "specs", "meta", "args", "kwargs", "label", "token"]
-
-    @functools.cached_property
-    def _name(self) -> str:
-        return f"{self.operand('label')}-{tokenize(self.frame._name, self.operand('token'))}"
-
-    @functools.cached_property
-    def _meta(self):
-        return self.operand("meta")
 
     def _divisions(self):
         return (None,) * (len(self.operand("groups")) + 1)
@@ -127,9 +124,6 @@ class _MapGroups(Expr):
         return {(name, j): Task((name, j), _apply, func, List(*(TaskRef((parent, i)) for i in group)), spec,
                                 args, kwargs)
                 for j, (group, spec) in enumerate(zip(groups, specs))}
-
-    def _simplify_up(self, parent, dependents):
-        return None
 
 
 def map_groups(func: Callable, frame: dd.DataFrame, groups: Sequence[Sequence[int]], specs: Sequence[Any], *args,
