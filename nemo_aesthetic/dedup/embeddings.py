@@ -51,7 +51,7 @@ def partition_embeddings(frame, column: str, device: str | None = None, where: s
     except ValueError as exc:
         raise EmbeddingWidthError(f"{exc}{' in ' + where if where else ''}") from None
     device = device or worker_device()
-    tensor = torch.as_tensor(matrix).to(device=device, dtype=torch.float32)
+    tensor = torch.as_tensor(np.require(matrix, requirements="W")).to(device=device, dtype=torch.float32)
     valid = torch.as_tensor(np.asarray(valid.get() if hasattr(valid, "get") else valid, dtype=bool))  # CuPy -> host
     valid = valid.to(tensor.device)
     finite = torch.isfinite(tensor).all(dim=1) if tensor.numel() else valid.clone()
