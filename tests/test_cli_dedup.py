@@ -72,10 +72,11 @@ def test_dedup_then_filter_drops_one_of_each_byte_identical_pair_and_nothing_els
     # exactly one of each byte-identical pair is marked, naming the other (which is kept)
     assert sorted(sorted([k, v]) for k, v in duplicates["duplicate_of"].items()) == sorted(pairs)
     assert duplicates["duplicate_of"].isin(duplicates.index).sum() == 0
-    assert (duplicates["duplicate_similarity"] >= 1 - EPS).all()
+    assert (duplicates["nearest_similarity"] >= 1 - EPS).all()
     # the eps separates: every other compared row's best match is below 1 - eps
-    others = rows[rows["duplicate_of"].isna() & rows["duplicate_similarity"].notna()]
-    assert len(others) and (others["duplicate_similarity"] < 1 - EPS).all()
+    others = rows[rows["duplicate_of"].isna() & rows["nearest_similarity"].notna()]
+    assert len(others) and (others["nearest_similarity"] < 1 - EPS).all()
+    assert (duplicates["nearest_id"] == duplicates["duplicate_of"]).all() and others["nearest_id"].notna().all()
     # rows without an image are kept, with the reason they were not compared
     failed = rows[rows["status"] != "success"]
     assert len(failed) == 5 and (failed["dedup_error"] == "no embedding").all()

@@ -2,8 +2,8 @@
 
 A thin adapter over :func:`nemo_aesthetic.dedup.marking.mark_duplicates`: it opens the scored
 metadata, runs the engine on the command's Dask cluster, and writes each shard's Parquet back
-(over PATH's, or into ``--out``) with ``duplicate_of``, ``duplicate_similarity`` and
-``dedup_error``. ``filter --drop-duplicates`` then leaves the marked rows out.
+(over PATH's, or into ``--out``) with ``duplicate_of``, ``nearest_id``, ``nearest_similarity``
+and ``dedup_error`` (:mod:`nemo_aesthetic.dedup.marking` says what each holds). ``filter --drop-duplicates`` then leaves the marked rows out.
 """
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ def add_parser(sub) -> None:
         "dedup", help="mark the near-duplicate images of a scored dataset (semantic dedup on its embeddings)",
         description="Find the near-duplicate images of PATH by their CLIP embeddings (k-means, then within each "
                     "cluster every row's highest cosine similarity to a row ranked before it: NeMo Curator's "
-                    "SemDeDup) and write each shard's Parquet with three new columns: duplicate_of (the id of "
-                    "the row this one near-duplicates, which is kept; null for rows kept), duplicate_similarity "
-                    "(that highest similarity, for every compared row) and dedup_error (why a row was not "
+                    "SemDeDup) and write each shard's Parquet with new columns: nearest_id and "
+                    "nearest_similarity (that most similar earlier row and its similarity, for every compared "
+                    "row), duplicate_of (nearest_id where the row is a near-duplicate; that row is kept; null "
+                    "for rows kept) and dedup_error (why a row was not "
                     "compared: no embedding, NaN or zero vector; such rows are kept). A row is a duplicate when "
                     "its similarity is >= 1 - EPS. Every row is kept in the metadata; 'filter --drop-duplicates' "
                     "writes the dataset without them, 'report' shows the closest pairs. PATH must have been "
@@ -102,7 +103,7 @@ def run(args) -> int:
     rows, usable = summary["rows"], summary["usable"]
     print(f"rows: {rows}   compared: {usable}   duplicates: {duplicates} (similarity >= {1 - args.eps:g}, "
           f"{summary['n_clusters']} clusters, keeping {args.which_to_keep})   not compared: {rows - usable}")
-    print(f"metadata written to {out} (columns duplicate_of, duplicate_similarity, dedup_error); "
+    print(f"metadata written to {out} (columns duplicate_of, nearest_id, nearest_similarity, dedup_error); "
           f"'{PROG} filter {out} --out DIR --drop-duplicates' writes the dataset without the duplicates")
     return 0
 

@@ -4,13 +4,13 @@ The 1.x workflow and the legacy classes write upstream's separate tables of ids 
 of the command line wants the answer beside each row instead, in the shard Parquet that ``filter``
 and ``report`` already read. :func:`mark_duplicates` adds three columns to every row:
 
+``nearest_id``, ``nearest_similarity``
+    the row ranked before this one in its k-means cluster that is most similar to it, and that
+    cosine similarity (null for the first row of a cluster): how close the nearest candidate came,
+    so eps can be chosen by looking at the pairs on either side of ``1 - eps``.
 ``duplicate_of``
-    the id of the row this one near-duplicates (its cosine similarity is ``>= 1 - eps``), which is
-    kept; null for a row that is kept.
-``duplicate_similarity``
-    the row's highest cosine similarity to a row ranked before it in its k-means cluster (null for
-    the first row of a cluster): how close the nearest candidate came, so eps can be chosen by
-    looking at the values just below it.
+    ``nearest_id`` where ``nearest_similarity >= 1 - eps``: the row this one near-duplicates, which
+    is kept; null for a row that is kept.
 ``dedup_error``
     why a row was not compared (no embedding, NaN, zero vector); such rows are kept, never lost.
 
@@ -40,9 +40,10 @@ from nemo_aesthetic.engine.partitions import map_shards
 logger = logging.getLogger("nemo_aesthetic")
 
 DUPLICATE_OF = "duplicate_of"
-SIMILARITY = "duplicate_similarity"
+NEAREST = "nearest_id"
+SIMILARITY = "nearest_similarity"
 DEDUP_ERROR = "dedup_error"
-MARK_COLUMNS = (DUPLICATE_OF, SIMILARITY, DEDUP_ERROR)
+MARK_COLUMNS = (DUPLICATE_OF, NEAREST, SIMILARITY, DEDUP_ERROR)
 #: The engine's own row number: shard index in the high bits, position in the shard in the low.
 ROW = "_dedup_row"
 _SHARD_BITS = 32
@@ -78,6 +79,7 @@ def mark_duplicates(metadata, id_col: str, embedding_col: str, eps: float, work_
     summary = {"rows": rows, "usable": usable, "n_clusters": 0}
     marks_meta = pd.DataFrame({"_shard": pd.Series([], dtype="int64"), "_pos": pd.Series([], dtype="int64"),
                                DUPLICATE_OF: pd.Series([], dtype=_nullable(metadata[id_col].dtype)),
+                               NEAREST: pd.Series([], dtype=_nullable(metadata[id_col].dtype)),
                                SIMILARITY: pd.Series([], dtype="float32")})
     if usable == 0:
         marks = None
@@ -134,9 +136,9 @@ def _cluster_marks(files, id_col, embedding_col, eps, ranking, batch_size):
     similarity[first] = np.nan
     ids = pd.Series(frame[id_col].to_numpy(), index=frame[ROW].to_numpy())
     duplicate = ~first & (similarity >= 1 - eps)
-    duplicate_of = pd.Series(ids.reindex(best).to_numpy(), dtype=_nullable(frame[id_col].dtype)).where(duplicate)
+    nearest = pd.Series(ids.reindex(best).to_numpy(), dtype=_nullable(frame[id_col].dtype)).where(~first)
     return pd.DataFrame({"_shard": row >> _SHARD_BITS, "_pos": row & ((1 << _SHARD_BITS) - 1),
-                         DUPLICATE_OF: duplicate_of, SIMILARITY: similarity})
+                         DUPLICATE_OF: nearest.where(duplicate), NEAREST: nearest, SIMILARITY: similarity})
 
 
 def _nullable(dtype):
@@ -148,6 +150,7 @@ def _nullable(dtype):
 def _marked_meta(metadata, id_col):
     meta = metadata._meta.drop(columns=[c for c in MARK_COLUMNS if c in metadata.columns]).copy()
     meta[DUPLICATE_OF] = pd.Series([], dtype=_nullable(metadata._meta[id_col].dtype))
+    meta[NEAREST] = pd.Series([], dtype=_nullable(metadata._meta[id_col].dtype))
     meta[SIMILARITY] = pd.Series([], dtype="float32")
     meta[DEDUP_ERROR] = pd.Series([], dtype="string")
     return meta
@@ -156,13 +159,15 @@ def _marked_meta(metadata, id_col):
 def _join_marks(frame, marks=None, *, id_col, embedding_col, n_shards, partition_info=None):
     """A shard's rows with their marks (matched by position) and the reason for rows not compared."""
     out = frame.drop(columns=[c for c in MARK_COLUMNS if c in frame.columns]).copy()
-    duplicate_of = pd.Series([None] * len(out), dtype=_nullable(frame[id_col].dtype), index=out.index)
     similarity = np.full(len(out), np.nan, dtype=np.float32)
-    if marks is not None and len(marks):
-        positions = marks["_pos"].to_numpy(dtype=np.int64)
-        duplicate_of.iloc[positions] = marks[DUPLICATE_OF].to_numpy()
+    positions = marks["_pos"].to_numpy(dtype=np.int64) if marks is not None else np.zeros(0, np.int64)
+    for column in (DUPLICATE_OF, NEAREST):
+        values = pd.Series([None] * len(out), dtype=_nullable(frame[id_col].dtype), index=out.index)
+        if len(positions):
+            values.iloc[positions] = marks[column].to_numpy()
+        out[column] = values
+    if len(positions):
         similarity[positions] = marks[SIMILARITY].to_numpy(dtype=np.float32)
-    out[DUPLICATE_OF] = duplicate_of
     out[SIMILARITY] = similarity
     reasons = partition_embeddings(frame, embedding_col, device="cpu").reasons if len(frame) else []
     out[DEDUP_ERROR] = pd.Series(reasons, dtype="string", index=out.index)
