@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TESTDATA, needs_shared
 
+from test_report import needs_chromium, render_check  # the report tests' Chromium check
+
 from nemo_aesthetic import cli
 
 SOURCE = TESTDATA / "img2dataset_output" / "resize_keep_ratio_256"
@@ -126,3 +128,38 @@ def test_dedup_bad_options_are_clear_errors(scored, tmp_path, capsys):
     assert exit_.value.code == 2 and "within [0, 1)" in capsys.readouterr().err
     assert cli.main(["dedup", str(SOURCE), "--eps", "0.01", "--cluster", "sync"]) == 2
     assert "no image_embedding column" in capsys.readouterr().err
+
+
+@needs_chromium
+def test_report_shows_the_pairs_on_both_sides_of_eps_as_pictures(scored, tmp_path, capsys):
+    """report on a dedup'ed dataset: the marked pairs least similar first, then the kept rows most
+    similar to another, each pair side by side with its similarity; every picture renders."""
+    import re
+
+
+    marked = tmp_path / "marked"
+    assert cli.main(["dedup", str(scored), "--eps", str(EPS), "--out", str(marked), "--cluster", "sync", "-q"]) == 0
+    page_path = tmp_path / "report.html"
+    assert cli.main(["report", str(marked), "--out", str(page_path), "--top", "5", "-q"]) == 0
+    capsys.readouterr()
+    page = page_path.read_text()
+    section = page.split('id="duplicates"', 1)[1]
+    marked_part, kept_part = section.split("Kept rows most similar", 1)
+    pair = re.compile(r'<div class="na-pair"><figure><img src="([^"]+)"[^>]*><figcaption[^>]*>(\d+) / (\d+)'
+                      r'</figcaption></figure><span class="na-sim">([0-9.]+)</span><figure><img src="([^"]+)"'
+                      r'[^>]*><figcaption[^>]*>(\d+) / (\d+)</figcaption>')
+    shown_marked, shown_kept = pair.findall(marked_part), pair.findall(kept_part)
+    rows = read_metadata(marked).set_index("key")
+    assert sorted(m[2] for m in shown_marked) == sorted(rows.index[rows["duplicate_of"].notna()])
+    for left, _, key, similarity, right, _, other in shown_marked:
+        assert rows.loc[key, "duplicate_of"] == other and float(similarity) >= 1 - EPS
+        assert left == right  # byte-identical images give the same thumbnail
+    assert len(shown_kept) == 5  # --top 5: the five kept rows nearest the cut, most similar first
+    similarities = [float(k[3]) for k in shown_kept]
+    assert similarities == sorted(similarities, reverse=True) and similarities[0] < 1 - EPS
+    expected = rows.loc[rows["duplicate_of"].isna(), "nearest_similarity"].nlargest(5).to_numpy()
+    assert similarities == pytest.approx(list(expected), abs=1e-6)
+    assert "--eps 1e-06" in section
+    check = render_check(page_path, tmp_path)
+    # the chart, three grids of 5, and both pictures of the 4 + 5 pairs: every one decoded
+    assert check["images"] == 1 + 3 * 5 + 2 * (4 + 5) and check["broken"] == 0, check
