@@ -61,8 +61,8 @@ def write_report(dataset, out: str, threshold: float | None = None, top: int = 2
     ``threshold_is_median``, ``passing`` (scored rows >= threshold), ``lowest`` and ``highest``
     (scores; None if none), ``images`` (thumbnails
     shown), ``missing_images``, ``html`` and ``png`` (the paths written), ``tiny`` (scored with
-    ``--tiny``'s random model: the page says so in a banner), ``duplicate_pairs`` (pairs shown in
-    the near-duplicates section, present when ``nemo-aesthetic dedup`` marked the dataset).
+    ``--tiny``'s random model: the page says so in a banner), and, where ``nemo-aesthetic dedup``
+    marked the dataset, ``duplicate_pairs`` (the pairs its near-duplicates section shows).
     """
     import fsspec
     import numpy as np
@@ -130,7 +130,8 @@ def write_report(dataset, out: str, threshold: float | None = None, top: int = 2
         "html": out,
         "png": histogram or None,
         "tiny": TINY_KEY in notes,
-        "duplicate_pairs": sum(len(f) for f in pairs.values()) if pairs else 0,
     }
+    if pairs:
+        summary["duplicate_pairs"] = sum(len(f) for f in pairs.values())
     logger.info("wrote %s (%d bytes)%s", out, len(page), f" and {histogram}" if histogram else "")
     return summary
