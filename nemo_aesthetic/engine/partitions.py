@@ -40,11 +40,18 @@ def from_shards(read: Callable, specs: Sequence[Any], *, meta, label: str, **kwa
     """One partition per spec: ``read(spec, **kwargs)`` on a worker (``dd.from_map``, whose partition
     selection picks the specs themselves, so a subset still reads the right shards).
 
-    The partitions come out with the dtypes ``read`` gives them (and ``meta`` says): dask's string
-    conversion is switched off for this graph only (it would turn object columns of arrays into
-    text), never in the user's own config."""
-    with dask.config.set({"dataframe.convert-string": False}):
+    The partitions come out with the dtypes ``read`` gives them (and ``meta`` says): see
+    :func:`keep_dtypes`."""
+    with keep_dtypes():
         return dd.from_map(read, list(specs), meta=meta, label=label, enforce_metadata=False, **kwargs)
+
+
+def keep_dtypes():
+    """Build a collection (``dd.from_map``, ``from_delayed``, ``from_pandas``) whose partitions keep the
+    dtypes they have: dask's string conversion is switched off for that collection only (it would
+    turn object columns of embedding arrays into text), never in the user's own config (NeMo Curator
+    0.x switched it off for the whole process on import)."""
+    return dask.config.set({"dataframe.convert-string": False})
 
 
 class _SpecTasks(Expr):
