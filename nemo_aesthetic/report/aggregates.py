@@ -224,13 +224,26 @@ def _merge_bucket_pass(a, b):
 def score_summary(fs, paths: list[str], names: list[str], qs) -> tuple[ScoreStats, list[float]]:
     """:class:`ScoreStats` and exact quantiles ``qs`` of the written Parquet files ``paths`` (one per
     shard, named ``names``), read on the workers: their score and error columns only."""
+    frame = scored_files(fs, paths)
+    stats = shard_stats(frame, names).compute()
+    return stats, exact_quantiles(frame, names, stats, qs)
+
+
+def scored_files(fs, paths: list[str]):
+    """The score and error columns of written Parquet files, one partition per file."""
     from nemo_aesthetic.engine.partitions import from_shards
 
     meta = pd.DataFrame({SCORE_COLUMN: pd.Series([], dtype=float), ERROR_COLUMN: pd.Series([], dtype=object)})
-    frame = from_shards(read_scored_columns, paths, fs=fs, meta=meta, label="read-scores")
-    stats = reduce_shards(frame, names, lambda part, name: ScoreStats.of(part), ScoreStats.merge,
-                          label="score-counts")
-    return stats, exact_quantiles(frame, names, stats, qs)
+    return from_shards(read_scored_columns, paths, fs=fs, meta=meta, label="read-scores")
+
+
+def shard_stats(frame, names):
+    """:class:`ScoreStats` of every shard merged (lazy: a dask scalar)."""
+    return shard_reduction(frame, names, _stats_of, ScoreStats.merge, label="score-counts")
+
+
+def _stats_of(part, shard_name):
+    return ScoreStats.of(part)
 
 
 def read_scored_columns(path: str, fs, columns=None):

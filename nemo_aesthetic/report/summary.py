@@ -22,7 +22,8 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from nemo_aesthetic.report.aggregates import ScoreStats, exact_quantiles, finite_scores, reduce_shards
+from nemo_aesthetic.report.aggregates import (ScoreStats, exact_quantiles, finite_scores, reduce_shards,
+                                              shard_reduction)
 from nemo_aesthetic.report.data import _shard_rows, select_rows
 
 #: The quantiles the report's table shows.
@@ -55,8 +56,7 @@ def summarise(dataset, top: int, threshold: float | None = None, caption_col: st
 
     columns = check_scored(dataset, caption_col)
     frame, names, id_col = dataset.metadata[columns], [s.name for s in dataset.shards], dataset.id_col
-    stats, best, worst, _ = reduce_shards(frame, names, _first_pass, _merge_first, id_col, caption_col, top,
-                                       label="report-counts")
+    stats, best, worst, _ = first_pass(frame, names, id_col, caption_col, top).compute()
     quantiles = dict(zip(QUANTILES, exact_quantiles(frame, names, stats, QUANTILES)))
     if threshold is None:
         threshold = quantiles.get(0.5)
@@ -71,6 +71,11 @@ def summarise(dataset, top: int, threshold: float | None = None, caption_col: st
     candidates = candidates[~candidates[["shard", "id"]].astype(str).duplicated()].reset_index(drop=True)
     return ReportData(stats, quantiles, threshold, (counts, lo, hi), passing,
                       select_rows(candidates, top, threshold))
+
+
+def first_pass(frame, names, id_col: str, caption_col: str | None, top: int):
+    """Pass 1, lazy (a dask scalar): ``(ScoreStats, best rows, worst rows, top)``."""
+    return shard_reduction(frame, names, _first_pass, _merge_first, id_col, caption_col, top, label="report-counts")
 
 
 def _ordered(rows, ascending: bool, k: int):
