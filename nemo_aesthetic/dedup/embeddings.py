@@ -49,9 +49,10 @@ def partition_embeddings(frame, column: str, device: str | None = None, where: s
     try:
         matrix, valid = frames.embeddings_to_matrix(frame[column])
     except ValueError as exc:
-        raise EmbeddingWidthError(f"{exc}{' in ' + where if where else ''}") from None
+        raise EmbeddingWidthError(f"{column!r}: {exc}{' in ' + where if where else ''}; embeddings of different "
+                                  "widths cannot be compared") from None
     device = device or worker_device()
-    tensor = torch.as_tensor(matrix).to(device=device, dtype=torch.float32)
+    tensor = torch.as_tensor(np.require(matrix, requirements="W")).to(device=device, dtype=torch.float32)
     valid = torch.as_tensor(np.asarray(valid.get() if hasattr(valid, "get") else valid, dtype=bool))  # CuPy -> host
     valid = valid.to(tensor.device)
     finite = torch.isfinite(tensor).all(dim=1) if tensor.numel() else valid.clone()

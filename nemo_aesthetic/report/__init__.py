@@ -25,6 +25,7 @@ import logging
 import math
 import os
 
+from nemo_aesthetic.report import duplicates
 from nemo_aesthetic.report.chart import counts_figure, figure_png, histogram_png
 from nemo_aesthetic.report.data import (ERROR_COLUMN, SCORE_COLUMN, collect_scores, error_groups, median_score,
                                         reason_group, select_rows)
@@ -64,7 +65,8 @@ def write_report(dataset, out: str, threshold: float | None = None, top: int = 2
     ``threshold_is_median``, ``passing`` (scored rows >= threshold), ``lowest`` and ``highest``
     (scores; None if none), ``images`` (thumbnails
     shown), ``missing_images``, ``html`` and ``png`` (the paths written), ``tiny`` (scored with
-    ``--tiny``'s random model: the page says so in a banner).
+    ``--tiny``'s random model: the page says so in a banner), and, where ``nemo-aesthetic dedup``
+    marked the dataset, ``duplicate_pairs`` (the pairs its near-duplicates section shows).
     """
     import fsspec
     import pandas as pd
@@ -101,7 +103,12 @@ def write_report(dataset, out: str, threshold: float | None = None, top: int = 2
     from nemo_aesthetic.datasets.provenance import TINY_KEY, file_metadata
 
     notes = file_metadata(dataset._fs_for(None)[0], dataset.shards[0].parquet) if dataset.shards else {}
-    page = render_html(data, thumbs, chart, threshold_is_median, title, top, notes)
+    pairs = None
+    if duplicates.is_deduplicated(dataset):  # marked by nemo-aesthetic dedup: show the pairs nearest its eps
+        pairs = duplicates.closest_pairs(dataset, limit=min(top, duplicates.MAX_PAIRS))
+        thumbs.update(fetch_thumbnails(dataset, duplicates.rows_to_show(pairs), size=thumbnail_size))
+    page = render_html(data, thumbs, chart, threshold_is_median, title, top, notes,
+                       extra_sections=duplicates.section_html(pairs, thumbs, notes) if pairs else "")
 
     with atomic_open(fs, out_path, "wb") as f:
         f.write(page.encode("utf-8"))
@@ -124,5 +131,7 @@ def write_report(dataset, out: str, threshold: float | None = None, top: int = 2
         "png": histogram or None,
         "tiny": TINY_KEY in notes,
     }
+    if pairs:
+        summary["duplicate_pairs"] = sum(len(f) for f in pairs.values())
     logger.info("wrote %s (%d bytes)%s", out, len(page), f" and {histogram}" if histogram else "")
     return summary

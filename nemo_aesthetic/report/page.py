@@ -74,9 +74,12 @@ img.chart{max-width:100%;height:auto}
 """
 
 def render_html(data, thumbs: dict, chart_png: bytes, threshold_is_median: bool, title: str, top: int,
-                provenance: dict | None = None) -> str:
+                provenance: dict | None = None, extra_sections: str = "") -> str:
     """The report page (a string) from the pieces the other helpers compute: ``data`` is
     :func:`~nemo_aesthetic.report.summary.summarise`'s (counts, quantiles and grids).
+
+    ``extra_sections``: HTML appended after the errors (the near-duplicates of a dedup'ed dataset,
+    :mod:`.duplicates`).
 
     ``provenance``: the scored files' ``nemo_aesthetic.*`` metadata (``datasets.provenance``); the
     model is named, and scores from ``--tiny``'s random model get a banner saying they mean nothing.
@@ -159,6 +162,7 @@ def render_html(data, thumbs: dict, chart_png: bytes, threshold_is_median: bool,
 <h2>Errors by reason</h2>
 <p class="note">{errors:,} row(s) have no score and a reason in their <code>error</code> column.</p>
 {error_table}
+{extra_sections}
 """
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -11,7 +11,7 @@ import dask.dataframe as dd
 import numpy as np
 
 from nemo_aesthetic.datasets.doc_dataset import DocumentDataset
-from nemo_aesthetic.dedup.clusters import absolute, cluster_dirs, read_cluster, write_clusters
+from nemo_aesthetic.dedup.clusters import absolute, check_unique_ids, cluster_dirs, read_cluster, write_clusters
 from nemo_aesthetic.dedup.kmeans import fit_kmeans
 
 logger = logging.getLogger("nemo_aesthetic")
@@ -54,6 +54,7 @@ class ClusteringModel:
         keep = [c for c in df.columns if c != self.embedding_column] if self.keep_all_columns else [self.id_col]
         if not self.keep_all_columns:
             df = df[[self.id_col, self.embedding_column]]
+        check_unique_ids(df, self.id_col)
         result = fit_kmeans(df, self.embedding_column, self.n_clusters, max_iter=self.max_iter,
                             random_state=self.random_state)
         np.save(os.path.join(self.clustering_output_dir, "kmeans_centroids.npy"), result.centroids)

@@ -51,6 +51,12 @@ class SemanticClusterLevelDedup:
         return [(k, found.get(k, [])) for k in range(self.n_clusters)]
 
     def compute_semantic_match_dfs(self) -> None:
+        tables, clusters = (os.path.join(os.path.realpath(p), "") for p in
+                            (self.semdedup_pruning_tables_dir, self.emb_by_clust_dir))
+        if tables.startswith(clusters) or clusters.startswith(tables):  # it is cleared first: never the input
+            raise ValueError(f"output_dir {self.output_dir!r} puts semdedup_pruning_tables/ where it overlaps "
+                             f"emb_by_clust_dir {self.emb_by_clust_dir!r}, which would be deleted; choose an "
+                             "output_dir outside the clustering output")
         if os.path.exists(self.semdedup_pruning_tables_dir):
             self.logger.info("Removing existing directory %s", self.semdedup_pruning_tables_dir)
             shutil.rmtree(self.semdedup_pruning_tables_dir)
