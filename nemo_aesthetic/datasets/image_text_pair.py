@@ -22,7 +22,7 @@ from nemo_aesthetic.atomic import commit_staged, exclusive_output, location, tem
 from nemo_aesthetic.datasets import provenance
 from nemo_aesthetic.datasets.resharding import output_shard_writes, write_partition
 from nemo_aesthetic.datasets.shards import Shard, discover_shards
-from nemo_aesthetic.datasets.schema import conform, unified_schema
+from nemo_aesthetic.datasets.schema import conform, schema_and_rows
 from nemo_aesthetic.engine.partitions import computed_once, from_shards, map_shards
 from nemo_aesthetic.retrying import with_retries
 from nemo_aesthetic.datasets.sources import SourceConstructors
@@ -45,6 +45,7 @@ class ImageTextPairDataset(SourceConstructors):
     def __init__(self, path: str, metadata: dd.DataFrame, tar_files: list, id_col: str,
                  shards: list[Shard] | None = None, storage_options: dict | None = None):
         self.path = path
+        self.footer_rows: int | None = None  # rows of all shards, where the footers were read on opening
         self.metadata = metadata
         self.tar_files = list(tar_files)
         self.id_col = id_col
@@ -90,12 +91,14 @@ class ImageTextPairDataset(SourceConstructors):
             if s.tar is None and s.source is None:
                 logger.warning("shard %s has metadata but no tar: its rows will be flagged, not scored", s.name)
 
-        schema = unified_schema(fs, shards, id_col)
+        schema, rows = schema_and_rows(fs, shards, id_col)
         metadata = from_shards(_read_shard_metadata, shards, fs=fs, id_col=id_col, schema=schema,
                                backend=frames.backend(), meta=frames.arrow_to_frame(schema.empty_table()),
                                label="read-shard-metadata")
-        return cls(path, metadata, [s.tar for s in shards], id_col, shards=shards,
-                   storage_options=storage_options)
+        dataset = cls(path, metadata, [s.tar for s in shards], id_col, shards=shards,
+                      storage_options=storage_options)
+        dataset.footer_rows = rows  # progress counts from these footers, not by reading them again
+        return dataset
 
     # ------------------------------------------------------------------ writing
     def save_metadata(self, path: str | None = None, columns: Iterable[str] | None = None,
@@ -271,15 +274,31 @@ def _shard_name(tar_path: str | None, index: int) -> str:
     return posixpath.basename(tar_path).split(".", 1)[0]
 
 
-def _read_parquet(fs, path: str):
+def _read_parquet(fs, path: str, columns: list[str] | None = None):
+    """The file's table (``columns`` only, those it has, when given). A whole file is fetched in one
+    read; a few columns by range reads of the footer and their column chunks only."""
+    def pruned():
+        with fs.open(path, "rb") as f:
+            file = pq.ParquetFile(f)
+            return file.read(columns=[c for c in columns if c in file.schema_arrow.names])
+
     try:  # the bytes are read with retries (a transient error passes), then parsed once
+        if columns is not None:
+            return with_retries(pruned, what=f"reading {path}")
         return pq.read_table(pa.BufferReader(with_retries(fs.cat_file, path, what=f"reading {path}")))
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise ValueError(f"cannot read metadata file {path}: {type(exc).__name__}: {exc}") from exc
 
 
-def _read_shard_metadata(shard: Shard, fs, id_col: str, schema, backend: str | None = None):
-    table = conform(_read_parquet(fs, shard.parquet), schema, shard.parquet)
+def _read_shard_metadata(shard: Shard, fs, id_col: str, schema, backend: str | None = None, columns=None):
+    """One shard's metadata, sorted by ``id_col``; ``columns``: only these (dask's optimizer passes
+    the columns a computation uses, so a pass over the scores never reads the embeddings)."""
+    if columns is not None:
+        columns = list(columns)
+        wanted = columns + ([id_col] if id_col not in columns else [])
+        schema = pa.schema([schema.field(c) for c in schema.names if c in wanted])
+    table = conform(_read_parquet(fs, shard.parquet, None if columns is None else schema.names), schema,
+                    shard.parquet)
     df = frames.arrow_to_frame(table, backend)
     df = df.sort_values(id_col, na_position="last", kind="stable").reset_index(drop=True)
     ids = df[id_col]
@@ -288,7 +307,7 @@ def _read_shard_metadata(shard: Shard, fs, id_col: str, schema, backend: str | N
         shown = frames.column_values(dupes.drop_duplicates().head(5))
         raise ValueError(f"{shard.parquet}: duplicate ids in column {id_col!r}: {shown}"
                          f"{' ...' if len(dupes) > 5 else ''}")
-    return df
+    return df if columns is None else df[columns]
 
 
 def _complete_parquets(fs, paths: list[str], columns: set) -> set:

@@ -30,7 +30,7 @@ import uuid
 import numpy as np
 import pandas as pd
 
-from nemo_aesthetic.dedup.clusters import cluster_dirs, read_cluster, shuffle_method, write_clusters
+from nemo_aesthetic.dedup.clusters import SHUFFLE_METHOD, cluster_dirs, read_cluster, write_clusters
 from nemo_aesthetic.dedup.embeddings import partition_embeddings
 from nemo_aesthetic.dedup.kmeans import check_embeddings, fit_kmeans
 from nemo_aesthetic.dedup.pairwise import cluster_matches
@@ -97,7 +97,7 @@ def mark_duplicates(metadata, id_col: str, embedding_col: str, eps: float, work_
                                 ranking=ranking, batch_size=batch_size)
         # one partition per shard: divisions 0, 1, ..., n_shards put shard i's marks in partition i
         marks = marks.set_index("_shard", divisions=list(range(n_shards + 1)), sort=True,
-                                shuffle_method=shuffle_method()).clear_divisions()
+                                shuffle_method=SHUFFLE_METHOD).clear_divisions()
     marked = dd.map_partitions(_join_marks, metadata.clear_divisions(), *([marks] if marks is not None else []),
                                id_col=id_col, embedding_col=embedding_col, n_shards=n_shards,
                                meta=_marked_meta(metadata, id_col), align_dataframes=False,
