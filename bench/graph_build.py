@@ -9,7 +9,14 @@ up to the optimized task graph dask would send to the scheduler:
 - embed + score: ``TimmImageEmbedder(classifiers=[AestheticClassifier])(ds)``;
 - save_metadata: the write of every shard's Parquet over the embedded dataset;
 - select_top: the marking pass over the embedded dataset (one allowance per shard);
-- to_webdataset: the output-shard writes over the kept rows (one kept row per shard).
+- to_webdataset: the output-shard writes over the kept rows (one kept row per shard);
+- score summary: the first pass of ``nemo-aesthetic score``'s summary over the written Parquet files
+  (their score and error columns, per-shard counts merged by a tree: ``report.aggregates``);
+- report: the report's first pass over the opened metadata (counts and per-shard top-k merged by a
+  tree: ``report.summary.first_pass``; the score columns added partition-wise, as these shards have none).
+
+``open`` is not only a graph: it reads every footer (on local threads here, on the workers of a
+cluster), so it is timed as the driver waits for it.
 
 It prints seconds, ms per shard, tasks per shard and graph bytes per shard (a per-shard list copied
 into every task would show there), then the open + embed + score + save_metadata total
@@ -30,19 +37,21 @@ import tempfile
 import time
 
 import cloudpickle
+import fsspec
 import dask
 import dask.dataframe as dd
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dask import delayed
 
 from nemo_aesthetic.datasets import ImageTextPairDataset
-from nemo_aesthetic.datasets.resharding import plan_output_shards, write_output_shard, write_partition
+from nemo_aesthetic.datasets.resharding import output_shard_writes, write_partition
 from nemo_aesthetic.datasets.selection import _mark, _with_keep
 from nemo_aesthetic.engine.partitions import map_shards
 from nemo_aesthetic.image.classifiers import AestheticClassifier
 from nemo_aesthetic.image.embedders import TimmImageEmbedder
+from nemo_aesthetic.report import aggregates
+from nemo_aesthetic.report.summary import first_pass
 
 # Only the predictor's shape matters here: any file of that shape will do (second argument).
 WEIGHTS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models", "sac+logos+ava1-l14-linearMSE.pth")
@@ -119,16 +128,18 @@ def measure(root: str, n: int, weights: str, reshard_max: int | None = None) -> 
         meta=_with_keep(scored.metadata._meta, "keep"), label="mark-top")))
 
     def reshard():  # as to_webdataset builds it, from one kept row per shard, 10,000 samples per output
-        parts = marked.to_delayed()
-        plan = plan_output_shards([1] * n, 10000)
-        tasks = [delayed(write_output_shard, pure=False)(
-            None, [scored.shards[i] for i, _, _ in slices], [(a, b, True) for _, a, b in slices],
-            [parts[i] for i, _, _ in slices], None, root, f"{j:05d}", j * 10000, 9, "key", None)
-            for j, slices in enumerate(plan)]
-        return None, driver_graph(*tasks)
+        _, writes = output_shard_writes(marked, scored.shards, [1] * n, 10000, 5, set(), None, None, root, "key", None)
+        return None, driver_graph(writes)
 
     if reshard_max is None or n <= reshard_max:
         timed("to_webdataset (write)", reshard)
+    names = [s.name for s in ds.shards]
+    fs = fsspec.filesystem("file")
+    timed("score summary (counts)", lambda: (None, driver_graph(aggregates.shard_stats(
+        aggregates.scored_files(fs, [s.parquet for s in ds.shards]), names))))
+    timed("report (counts + top-k)", lambda: (None, driver_graph(first_pass(
+        ds.metadata.assign(aesthetic_score=1.0, error=None)[["key", "caption", "aesthetic_score", "error"]],
+        names, "key", "caption", 20))))
     return rows
 
 

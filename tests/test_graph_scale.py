@@ -25,6 +25,9 @@ def test_driver_time_tasks_and_graph_bytes_grow_linearly(tmp_path, aesthetic_wei
     a, b = run(str(tmp_path / "small"), small), run(str(tmp_path / "all"), large)
     growth = sum(b[s][0] for s in steps) / sum(a[s][0] for s in steps)
     assert growth <= 15, (growth, a, b)  # quadratic graphs took 100x here
+    summaries = ("score summary (counts)", "report (counts + top-k)")  # their per-shard merges form a tree
+    growth = sum(b[s][0] for s in summaries) / sum(a[s][0] for s in summaries)
+    assert growth <= 15, (growth, a, b)
     for name, (_, tasks, size) in b.items():
         if tasks:  # the same tasks per shard, and no per-shard list copied into each task
             assert tasks / large == pytest.approx(a[name][1] / small, rel=0.01), name

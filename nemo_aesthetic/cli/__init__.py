@@ -1,7 +1,8 @@
-"""The ``nemo-aesthetic`` command: ``demo``, ``score``, ``filter``, ``report`` and ``score-embeddings``.
+"""The ``nemo-aesthetic`` command: ``demo``, ``score``, ``dedup``, ``filter``, ``report`` and ``score-embeddings``.
 
     nemo-aesthetic demo                       build a sample dataset, score it, print a ranked table
     nemo-aesthetic score PATH                 embed + score an img2dataset/WebDataset directory
+    nemo-aesthetic dedup PATH --eps E         mark near-duplicate images (duplicate_of) in the metadata
     nemo-aesthetic filter PATH --threshold T --out DIR   keep rows with aesthetic_score >= T
     nemo-aesthetic report PATH --out report.html        HTML report: histogram, best/worst images, errors
     nemo-aesthetic score-embeddings SRC --out DST       score precomputed CLIP embeddings (.npy / Parquet)
@@ -11,7 +12,7 @@ message on stderr with exit code 2 and no traceback. Per-shard progress comes fr
 library's ``nemo_aesthetic`` logger (forwarded from the Dask workers) on stderr; ``--quiet``
 silences it and the progress bar.
 
-One module per command (:mod:`.score`, :mod:`.filter`, :mod:`.report`, :mod:`.demo`,
+One module per command (:mod:`.score`, :mod:`.dedup`, :mod:`.filter`, :mod:`.report`, :mod:`.demo`,
 :mod:`.score_embeddings`, each with
 ``add_parser`` and ``run``); :mod:`.options` holds the shared option groups, :mod:`.console` the
 log lines and progress bar, :mod:`.cluster` the Dask client, :mod:`.common` the steps several
@@ -23,7 +24,7 @@ from __future__ import annotations
 import http.client
 import sys
 
-from nemo_aesthetic.cli import demo, filter, report, score, score_embeddings
+from nemo_aesthetic.cli import dedup, demo, filter, report, score, score_embeddings
 from nemo_aesthetic.cli.cluster import quiet_teardown
 from nemo_aesthetic.cli.console import cli_logging
 from nemo_aesthetic.cli.options import DEFAULT_MODEL, PROG, TINY_KWARGS, TINY_MODEL, Parser, UsageError
@@ -33,7 +34,7 @@ __all__ = ["main", "build_parser", "UsageError", "WeightsUnavailableError", "DEF
            "TINY_KWARGS", "PROG"]
 
 #: The commands, in the order ``--help`` lists them.
-COMMANDS = (demo, score, filter, report, score_embeddings)
+COMMANDS = (demo, score, dedup, filter, report, score_embeddings)
 
 
 def build_parser() -> Parser:

@@ -70,12 +70,15 @@ LINE_INTERVAL = 5.0
 
 
 def count_rows(dataset) -> int:
-    """Rows of every shard, from the Parquet footers only (no data read)."""
+    """Rows of every shard, from the Parquet footers only (no data read); those ``from_webdataset``
+    read on the workers when it opened the dataset, if it did."""
     from concurrent.futures import ThreadPoolExecutor
 
     import fsspec
     import pyarrow.parquet as pq
 
+    if getattr(dataset, "footer_rows", None) is not None:
+        return dataset.footer_rows
     fs = dataset._fs_for(None)[0]
 
     def rows(shard):

@@ -8,7 +8,7 @@ from nemo_aesthetic.cli import common
 from nemo_aesthetic.cli.cluster import dask_client
 from nemo_aesthetic.cli.options import (LOCAL_CLUSTERS, SCORE_COLUMN, UsageError,
                                         add_model_options, add_run_options)
-from nemo_aesthetic.report import error_groups  # the error grouping, shared with the HTML report
+from nemo_aesthetic.report.aggregates import score_summary  # counts and quantiles on the workers
 
 logger = logging.getLogger("nemo_aesthetic.cli")
 
@@ -79,28 +79,31 @@ def run(args) -> int:
             logger.info("scoring %d shard(s) of %s with %s", len(dataset.shards), args.path, model)
             elapsed = common.run_and_save(dataset, embedder, args.out, client, args.quiet,
                                           common.provenance_metadata(model, args.tiny))
-    fs, root = common.fs_root(out)
-    results = common.read_results(fs, root, dataset.shards, [args.id_col, SCORE_COLUMN, "error"])
-    print_summary(results, elapsed, out, tiny=args.tiny)
+            fs, root = common.fs_root(out)
+            stats, quantiles = score_summary(fs, [f"{root}/{s.name}.parquet" for s in dataset.shards],
+                                             [s.name for s in dataset.shards], SUMMARY_QUANTILES)
+    print_summary(stats, quantiles, elapsed, out, tiny=args.tiny)
     return 0
 
 
-def print_summary(results, elapsed: float, where: str, tiny: bool = False) -> None:
-    import numpy as np
+#: The score quantiles the summary prints: min, p10, median, p90, max.
+SUMMARY_QUANTILES = (0, 0.1, 0.5, 0.9, 1.0)
 
-    rows = len(results)
-    scores = results[SCORE_COLUMN].to_numpy(dtype=float, na_value=np.nan) if rows else np.array([])
-    scored = int(np.isfinite(scores).sum())
-    errors = results["error"].dropna().astype(str) if "error" in results else []
+
+def print_summary(stats, quantiles, elapsed: float, where: str, tiny: bool = False) -> None:
+    """The summary lines, from aggregates computed on the workers (:func:`score_summary`: counts,
+    errors by reason with their first example, and exact quantiles ``SUMMARY_QUANTILES``, as
+    ``np.quantile`` over every score would give); no row of the dataset reaches the driver."""
+    scored = stats.scored
     rate = scored / elapsed if elapsed > 0 else 0.0
-    print(f"rows: {rows}   scored: {scored}   errors: {len(errors)}   "
+    print(f"rows: {stats.rows}   scored: {scored}   errors: {stats.errors}   "
           f"time: {elapsed:.1f}s   {rate:.2f} images/s (end to end, model loading included)")
-    if len(errors):
+    if stats.errors:
         print("errors by reason:")
-        for name, count, example in error_groups(errors):
+        for name, count, example in stats.error_groups():
             print(f"  {count:>8}  {name}   e.g. {common.shorten(example, 90)}")
     if scored:
-        q = np.quantile(scores[np.isfinite(scores)], [0, 0.1, 0.5, 0.9, 1.0])
+        q = quantiles
         print("aesthetic_score: min {:.3f}  p10 {:.3f}  median {:.3f}  p90 {:.3f}  max {:.3f}".format(*q))
     print(f"metadata written to {where} (columns {SCORE_COLUMN}, image_embedding, error)")
     if tiny:

@@ -8,25 +8,22 @@ rows and add columns freely, but do not repartition) before embedding or writing
 from __future__ import annotations
 
 import logging
-import math
 import posixpath
 from typing import Iterable
 
-import dask
 import dask.dataframe as dd
 import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dask import delayed
 
 from nemo_aesthetic import frames
 from nemo_aesthetic.atomic import commit_staged, exclusive_output, location, temporary_name
 from nemo_aesthetic.datasets import provenance
-from nemo_aesthetic.datasets.resharding import plan_output_shards, write_output_shard, write_partition
+from nemo_aesthetic.datasets.resharding import output_shard_writes, write_partition
 from nemo_aesthetic.datasets.shards import Shard, discover_shards
-from nemo_aesthetic.datasets.schema import conform, unified_schema
-from nemo_aesthetic.engine.partitions import from_shards, map_shards
+from nemo_aesthetic.datasets.schema import conform, schema_and_rows
+from nemo_aesthetic.engine.partitions import computed_once, from_shards, map_shards
 from nemo_aesthetic.retrying import with_retries
 from nemo_aesthetic.datasets.sources import SourceConstructors
 
@@ -48,6 +45,7 @@ class ImageTextPairDataset(SourceConstructors):
     def __init__(self, path: str, metadata: dd.DataFrame, tar_files: list, id_col: str,
                  shards: list[Shard] | None = None, storage_options: dict | None = None):
         self.path = path
+        self.footer_rows: int | None = None  # rows of all shards, where the footers were read on opening
         self.metadata = metadata
         self.tar_files = list(tar_files)
         self.id_col = id_col
@@ -60,6 +58,7 @@ class ImageTextPairDataset(SourceConstructors):
                 f"metadata has {metadata.npartitions} partitions but the dataset has {len(self.shards)} "
                 "shards; partition i must be shard i (do not repartition the metadata)"
             )
+        _warn_of_embeddings_as_text(metadata)
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -92,12 +91,14 @@ class ImageTextPairDataset(SourceConstructors):
             if s.tar is None and s.source is None:
                 logger.warning("shard %s has metadata but no tar: its rows will be flagged, not scored", s.name)
 
-        schema = unified_schema(fs, shards, id_col)
+        schema, rows = schema_and_rows(fs, shards, id_col)
         metadata = from_shards(_read_shard_metadata, shards, fs=fs, id_col=id_col, schema=schema,
                                backend=frames.backend(), meta=frames.arrow_to_frame(schema.empty_table()),
                                label="read-shard-metadata")
-        return cls(path, metadata, [s.tar for s in shards], id_col, shards=shards,
-                   storage_options=storage_options)
+        dataset = cls(path, metadata, [s.tar for s in shards], id_col, shards=shards,
+                      storage_options=storage_options)
+        dataset.footer_rows = rows  # progress counts from these footers, not by reading them again
+        return dataset
 
     # ------------------------------------------------------------------ writing
     def save_metadata(self, path: str | None = None, columns: Iterable[str] | None = None,
@@ -204,27 +205,17 @@ class ImageTextPairDataset(SourceConstructors):
 
         # Filter inside each partition: dask's optimizer turns ``df[s.astype(bool)]`` into the mask
         # itself (a Series, not the rows; dask/dask#12172), and a partition-wise filter keeps
-        # partition i = shard i by construction.
-        kept = self.metadata.map_partitions(_keep_rows, filter_column, meta=self.metadata._meta).persist()
-        counts = [int(c) for c in kept.map_partitions(len).compute()]
-        plan = plan_output_shards(counts, samples_per_shard)
-        if len(plan) > 10**max_shards:
-            raise ValueError(f"{len(plan)} output shards do not fit in max_shards={max_shards} digits")
-        id_width = max_shards + math.ceil(math.log10(samples_per_shard))
-        parts = kept.to_delayed()
-        tasks = []
-        for j, slices in enumerate(plan):  # each task gets its own slices only: the graph stays linear
-            if f"{j:0{max_shards}d}" in finished:
-                continue
-            tasks.append(delayed(write_output_shard, pure=False)(
-                fs_in, [self.shards[i] for i, _, _ in slices], [(start, stop, stop == counts[i]) for i, start, stop in slices],
-                [parts[i] for i, _, _ in slices], fs_out, write_root, f"{j:0{max_shards}d}",
-                j * 10 ** math.ceil(math.log10(samples_per_shard)), id_width, self.id_col, old_id_col,
-            ))
-        if not plan:
+        # partition i = shard i by construction. Two passes: the kept counts (one int per shard)
+        # plan the output shards, then each output shard's task computes its input partitions again
+        # (nothing kept in memory in between, unless the metadata comes fresh from a model).
+        kept = computed_once(self.metadata.map_partitions(_keep_rows, filter_column, meta=self.metadata._meta))
+        counts = [int(c) for c in kept.map_partitions(len, meta=pd.Series([], dtype="int64")).compute()]
+        n_shards, writes = output_shard_writes(kept, self.shards, counts, samples_per_shard, max_shards, finished,
+                                               fs_in, fs_out, write_root, self.id_col, old_id_col)
+        if not n_shards:
             logger.warning("to_webdataset: no row is kept; nothing written to %s", path)
         try:
-            results = dask.compute(*tasks)
+            results = list(writes.compute()) if writes.npartitions else []
         except BaseException:
             if write_root != out_root and fs_out.exists(write_root):  # the old output stays as it was
                 fs_out.rm(write_root, recursive=True)
@@ -239,7 +230,7 @@ class ImageTextPairDataset(SourceConstructors):
         return {
             "kept_rows": sum(counts),
             "written": sum(r["written"] for r in results),
-            "shards": len(plan),
+            "shards": n_shards,
             "skipped_shards": sorted(finished),
             "missing": missing,
         }
@@ -263,21 +254,51 @@ class ImageTextPairDataset(SourceConstructors):
         return fs, root.rstrip("/")
 
 
+def _warn_of_embeddings_as_text(metadata) -> None:
+    """A frame a user built with ``dd.from_pandas`` under dask's default string conversion holds its
+    embedding arrays as text (NeMo Curator 0.x switches the conversion off for the whole process on
+    import; we do not change a user's config): say so before it is written as truncated text."""
+    meta = getattr(metadata, "_meta", None)
+    if meta is None:
+        return
+    for column in (c for c in meta.columns if "embedding" in str(c)):
+        if pd.api.types.is_string_dtype(meta[column].dtype) and meta[column].dtype != object:
+            logger.warning("metadata column %r holds text, not numbers: dask converted its arrays to strings. "
+                           "Build the frame under dask.config.set({'dataframe.convert-string': False})",
+                           column)
+
+
 def _shard_name(tar_path: str | None, index: int) -> str:
     if tar_path is None:
         return f"{index:05d}"
     return posixpath.basename(tar_path).split(".", 1)[0]
 
 
-def _read_parquet(fs, path: str):
+def _read_parquet(fs, path: str, columns: list[str] | None = None):
+    """The file's table (``columns`` only, those it has, when given). A whole file is fetched in one
+    read; a few columns by range reads of the footer and their column chunks only."""
+    def pruned():
+        with fs.open(path, "rb") as f:
+            file = pq.ParquetFile(f)
+            return file.read(columns=[c for c in columns if c in file.schema_arrow.names])
+
     try:  # the bytes are read with retries (a transient error passes), then parsed once
+        if columns is not None:
+            return with_retries(pruned, what=f"reading {path}")
         return pq.read_table(pa.BufferReader(with_retries(fs.cat_file, path, what=f"reading {path}")))
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise ValueError(f"cannot read metadata file {path}: {type(exc).__name__}: {exc}") from exc
 
 
-def _read_shard_metadata(shard: Shard, fs, id_col: str, schema, backend: str | None = None):
-    table = conform(_read_parquet(fs, shard.parquet), schema, shard.parquet)
+def _read_shard_metadata(shard: Shard, fs, id_col: str, schema, backend: str | None = None, columns=None):
+    """One shard's metadata, sorted by ``id_col``; ``columns``: only these (dask's optimizer passes
+    the columns a computation uses, so a pass over the scores never reads the embeddings)."""
+    if columns is not None:
+        columns = list(columns)
+        wanted = columns + ([id_col] if id_col not in columns else [])
+        schema = pa.schema([schema.field(c) for c in schema.names if c in wanted])
+    table = conform(_read_parquet(fs, shard.parquet, None if columns is None else schema.names), schema,
+                    shard.parquet)
     df = frames.arrow_to_frame(table, backend)
     df = df.sort_values(id_col, na_position="last", kind="stable").reset_index(drop=True)
     ids = df[id_col]
@@ -286,7 +307,7 @@ def _read_shard_metadata(shard: Shard, fs, id_col: str, schema, backend: str | N
         shown = frames.column_values(dupes.drop_duplicates().head(5))
         raise ValueError(f"{shard.parquet}: duplicate ids in column {id_col!r}: {shown}"
                          f"{' ...' if len(dupes) > 5 else ''}")
-    return df
+    return df if columns is None else df[columns]
 
 
 def _complete_parquets(fs, paths: list[str], columns: set) -> set:

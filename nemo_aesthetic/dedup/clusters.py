@@ -29,6 +29,34 @@ def absolute(path: str) -> str:
     return os.path.abspath(path.removeprefix("file://"))
 
 
+def check_unique_ids(ddf, id_field: str) -> None:
+    """A clear error when an id names two rows anywhere in ``ddf`` (nulls aside).
+
+    Duplicates are removed by id: an id shared by two rows would remove both where one is a
+    duplicate, and the same id in two clusters is never seen by a per-cluster check. The ids are
+    shuffled on the workers so that equal ids meet in one partition; only a few repeated ids (at
+    most 5 per partition) reach the client."""
+    ids = ddf[[id_field]]
+    shuffled = ids.shuffle(on=id_field, npartitions=max(1, ids.npartitions), shuffle_method=SHUFFLE_METHOD)
+    repeated = shuffled.map_partitions(_repeated_ids, id_field, meta=ids._meta).compute()
+    if len(repeated):
+        shown = frames.column_values(frames.to_host(repeated[id_field]).drop_duplicates().head(5))
+        raise ValueError(f"duplicate ids in {id_field!r} ({shown} ...): an id must name one row, or removing a "
+                         "duplicate would also remove the other row with its id")
+
+
+#: Dask's task-based shuffle for the narrow columns dedup moves (ids; per-row marks). Dask would pick
+#: its peer-to-peer shuffle whenever a client exists, which fails under the synchronous scheduler
+#: ``--cluster sync`` sets (no worker) and logs two WARNING lines per shuffle on a cluster; for a
+#: few narrow columns the task shuffle costs no more.
+SHUFFLE_METHOD = "tasks"
+
+
+def _repeated_ids(frame, id_field):
+    ids = frame[frame[id_field].notna()]
+    return ids[ids[id_field].duplicated()].drop_duplicates().head(5)
+
+
 def write_clusters(ddf, embedding_field: str, centroids: np.ndarray, output_path: str, keep_columns: list[str],
                    partition_column: str = "centroid", left_out_path: str | None = None,
                    storage_options: dict | None = None) -> tuple[int, int]:

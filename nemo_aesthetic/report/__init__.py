@@ -11,9 +11,11 @@ top-N, bottom-N and around-the-threshold images with their captions and scores, 
 grouped by reason. The threshold is the one ``nemo-aesthetic filter`` would use (rows with
 ``score >= threshold`` are kept); by default it is the median score, and the report says so.
 
-Only the metadata (read with :meth:`ImageTextPairDataset.from_webdataset`) and the images shown
-are read: each tar that holds a shown image is streamed once, and the stream stops after its
-last needed sample. The helpers (:func:`collect_scores`, :func:`select_rows`,
+Only the metadata's id, caption, score and error columns (read with
+:meth:`ImageTextPairDataset.from_webdataset`) and the images shown are read: the numbers and the
+grids' rows are computed on the workers (:func:`summarise`: nothing per row reaches the driver,
+the quantiles and histogram are still exact), and each tar that holds a shown image is streamed
+once, the stream stopping after its last needed sample. The helpers (:func:`collect_scores`, :func:`select_rows`,
 :func:`fetch_thumbnails`, :func:`image_grid`, :func:`histogram_png`) are public so a notebook
 can show the same grids (``IPython.display.HTML(image_grid(...))``).
 """
@@ -23,13 +25,16 @@ import logging
 import math
 import os
 
-from nemo_aesthetic.report.chart import histogram_png
+from nemo_aesthetic.report import duplicates
+from nemo_aesthetic.report.chart import counts_figure, figure_png, histogram_png
 from nemo_aesthetic.report.data import (ERROR_COLUMN, SCORE_COLUMN, collect_scores, error_groups, median_score,
                                         reason_group, select_rows)
 from nemo_aesthetic.report.images import THUMBNAIL_SIZE, fetch_thumbnails, thumbnail_data_uri
 from nemo_aesthetic.report.page import GRID_CSS, image_grid, render_html
+from nemo_aesthetic.report.summary import ReportData, summarise
 
-__all__ = ["write_report", "histogram_path_for", "collect_scores", "select_rows", "median_score",
+__all__ = ["write_report", "histogram_path_for", "summarise", "ReportData", "collect_scores", "select_rows",
+           "median_score",
            "fetch_thumbnails", "thumbnail_data_uri", "image_grid", "histogram_png", "render_html",
            "reason_group", "error_groups", "GRID_CSS", "SCORE_COLUMN", "ERROR_COLUMN", "THUMBNAIL_SIZE"]
 
@@ -60,10 +65,10 @@ def write_report(dataset, out: str, threshold: float | None = None, top: int = 2
     ``threshold_is_median``, ``passing`` (scored rows >= threshold), ``lowest`` and ``highest``
     (scores; None if none), ``images`` (thumbnails
     shown), ``missing_images``, ``html`` and ``png`` (the paths written), ``tiny`` (scored with
-    ``--tiny``'s random model: the page says so in a banner).
+    ``--tiny``'s random model: the page says so in a banner), and, where ``nemo-aesthetic dedup``
+    marked the dataset, ``duplicate_pairs`` (the pairs its near-duplicates section shows).
     """
     import fsspec
-    import numpy as np
     import pandas as pd
 
     from nemo_aesthetic.atomic import atomic_open
@@ -83,24 +88,27 @@ def write_report(dataset, out: str, threshold: float | None = None, top: int = 2
     if fs.isdir(out_path):
         raise IsADirectoryError(f"the report's path is a directory, expected a file name such as report.html: {out}")
 
-    logger.info("reading the metadata of %d shard(s) of %s", len(dataset.shards), title)
-    frame = collect_scores(dataset, caption_col=caption_col)
+    logger.info("summarising the metadata of %d shard(s) of %s", len(dataset.shards), title)
     threshold_is_median = threshold is None
-    if threshold is None:
-        threshold = median_score(frame)
-    elif not math.isfinite(threshold):
+    if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold}")
-    selected = select_rows(frame, top, threshold)
+    data = summarise(dataset, top, threshold, caption_col=caption_col)
+    threshold, selected, stats = data.threshold, data.selected, data.stats
     needed = pd.concat([selected["top"], selected["bottom"], selected["around"]])
     logger.info("reading %d image(s) from %d tar(s)", len(needed.drop_duplicates(["shard", "id"])),
                 needed["shard"].nunique())
     thumbs = fetch_thumbnails(dataset, needed, size=thumbnail_size)
-    scores = frame["score"].to_numpy(dtype=float)
-    chart = histogram_png(scores, threshold, "median" if threshold_is_median else "threshold")
+    chart = figure_png(counts_figure(data.histogram, threshold, "median" if threshold_is_median else "threshold",
+                                     stats.scored, data.passing))
     from nemo_aesthetic.datasets.provenance import TINY_KEY, file_metadata
 
     notes = file_metadata(dataset._fs_for(None)[0], dataset.shards[0].parquet) if dataset.shards else {}
-    page = render_html(frame, selected, thumbs, chart, threshold, threshold_is_median, title, top, notes)
+    pairs = None
+    if duplicates.is_deduplicated(dataset):  # marked by nemo-aesthetic dedup: show the pairs nearest its eps
+        pairs = duplicates.closest_pairs(dataset, limit=min(top, duplicates.MAX_PAIRS))
+        thumbs.update(fetch_thumbnails(dataset, duplicates.rows_to_show(pairs), size=thumbnail_size))
+    page = render_html(data, thumbs, chart, threshold_is_median, title, top, notes,
+                       extra_sections=duplicates.section_html(pairs, thumbs, notes) if pairs else "")
 
     with atomic_open(fs, out_path, "wb") as f:
         f.write(page.encode("utf-8"))
@@ -108,21 +116,22 @@ def write_report(dataset, out: str, threshold: float | None = None, top: int = 2
         hfs, hpath = fsspec.core.url_to_fs(histogram)
         with atomic_open(hfs, hpath, "wb") as f:
             f.write(chart)
-    finite = scores[np.isfinite(scores)]
     summary = {
-        "rows": len(frame),
-        "scored": int(len(finite)),
-        "errors": int(frame["error"].notna().sum()),
+        "rows": stats.rows,
+        "scored": stats.scored,
+        "errors": stats.errors,
         "threshold": threshold,
         "threshold_is_median": threshold_is_median,
-        "passing": int((finite >= threshold).sum()) if threshold is not None else 0,
-        "lowest": float(finite.min()) if len(finite) else None,
-        "highest": float(finite.max()) if len(finite) else None,
+        "passing": data.passing,
+        "lowest": stats.lowest,
+        "highest": stats.highest,
         "images": sum(1 for v in thumbs.values() if v),
         "missing_images": sum(1 for v in thumbs.values() if not v),
         "html": out,
         "png": histogram or None,
         "tiny": TINY_KEY in notes,
     }
+    if pairs:
+        summary["duplicate_pairs"] = sum(len(f) for f in pairs.values())
     logger.info("wrote %s (%d bytes)%s", out, len(page), f" and {histogram}" if histogram else "")
     return summary

@@ -39,9 +39,22 @@ def collect_scores(dataset, caption_col: str | None = "caption"):
     the images are embedded again). Columns of the result: ``shard`` (the shard name), ``id``
     (the id column's values), ``caption`` (None where there is none), ``score`` (float, NaN where
     not scored) and ``error`` (None where no error).
+
+    Every row comes to the driver: for a notebook on a small dataset. :func:`write_report` computes
+    its numbers and grids on the workers instead (:func:`~nemo_aesthetic.report.summary.summarise`).
     """
     from nemo_aesthetic.engine.partitions import map_shards
 
+    wanted = check_scored(dataset, caption_col)
+    # One task per shard, each naming its own shard (a linear graph; see engine.partitions).
+    rows = map_shards(_shard_rows, dataset.metadata[wanted], [s.name for s in dataset.shards], dataset.id_col,
+                      caption_col, meta=_rows_meta(), label="report-rows")
+    return rows.compute().reset_index(drop=True)
+
+
+def check_scored(dataset, caption_col: str | None = "caption") -> list[str]:
+    """The columns a report reads (id, score, caption and error where present); a ValueError if
+    ``dataset`` has no scores."""
     columns = list(dataset.metadata.columns)
     if SCORE_COLUMN not in columns:
         raise ValueError(f"{dataset.path} has no {SCORE_COLUMN} column (columns: {', '.join(map(str, columns))}); "
@@ -52,10 +65,7 @@ def collect_scores(dataset, caption_col: str | None = "caption"):
         wanted.append(caption_col)
     if ERROR_COLUMN in columns:
         wanted.append(ERROR_COLUMN)
-    # One task per shard, each naming its own shard (a linear graph; see engine.partitions).
-    rows = map_shards(_shard_rows, dataset.metadata[wanted], [s.name for s in dataset.shards], dataset.id_col,
-                      caption_col, meta=_rows_meta(), label="report-rows")
-    return rows.compute().reset_index(drop=True)
+    return wanted
 
 
 _ROWS_META_COLUMNS = ["shard", "id", "caption", "score", "error"]

@@ -5,7 +5,7 @@ import base64
 import datetime
 import html
 
-from nemo_aesthetic.report.data import SCORE_COLUMN, error_groups
+from nemo_aesthetic.report.data import SCORE_COLUMN
 
 
 # ---------------------------------------------------------------------------------------- html
@@ -73,9 +73,13 @@ img.chart{max-width:100%;height:auto}
 .tiny{background:#fff3cd;border:2px solid #c9a227;border-radius:6px;padding:8px 12px;margin:8px 0;font-weight:bold}
 """
 
-def render_html(frame, selected: dict, thumbs: dict, chart_png: bytes, threshold: float | None,
-                threshold_is_median: bool, title: str, top: int, provenance: dict | None = None) -> str:
-    """The report page (a string) from the pieces the other helpers compute.
+def render_html(data, thumbs: dict, chart_png: bytes, threshold_is_median: bool, title: str, top: int,
+                provenance: dict | None = None, extra_sections: str = "") -> str:
+    """The report page (a string) from the pieces the other helpers compute: ``data`` is
+    :func:`~nemo_aesthetic.report.summary.summarise`'s (counts, quantiles and grids).
+
+    ``extra_sections``: HTML appended after the errors (the near-duplicates of a dedup'ed dataset,
+    :mod:`.duplicates`).
 
     ``provenance``: the scored files' ``nemo_aesthetic.*`` metadata (``datasets.provenance``); the
     model is named, and scores from ``--tiny``'s random model get a banner saying they mean nothing.
@@ -86,23 +90,17 @@ def render_html(frame, selected: dict, thumbs: dict, chart_png: bytes, threshold
     banner = (f'<div class="tiny">NOT REAL SCORES: {_esc(provenance[TINY_KEY])}.</div>'
               if TINY_KEY in provenance else "")
     model = f" &middot; model <code>{_esc(provenance[MODEL_KEY])}</code>" if MODEL_KEY in provenance else ""
-    import numpy as np
-
     from nemo_aesthetic import __version__
 
-    rows = len(frame)
-    scores = frame["score"].to_numpy(dtype=float)
-    finite = scores[np.isfinite(scores)]
-    scored = len(finite)
-    errors = [e for e in frame["error"] if e is not None and e == e]
-    unscored_no_error = int((~np.isfinite(scores) & frame["error"].isna().to_numpy()).sum())
-    shards = frame["shard"].nunique() if rows else 0
+    stats, selected, threshold = data.stats, data.selected, data.threshold
+    rows, scored, errors, unscored_no_error, shards = (stats.rows, stats.scored, stats.errors,
+                                                       stats.unscored_no_error, stats.shards)
 
     def stat(value, label):
         return f'<div class="stat"><b>{_esc(value)}</b><span>{_esc(label)}</span></div>'
 
-    passing = int((finite >= threshold).sum()) if threshold is not None else 0
-    cards = [stat(f"{rows:,}", "rows"), stat(f"{scored:,}", "scored"), stat(f"{len(errors):,}", "errors")]
+    passing = data.passing
+    cards = [stat(f"{rows:,}", "rows"), stat(f"{scored:,}", "scored"), stat(f"{errors:,}", "errors")]
     if unscored_no_error:
         cards.append(stat(f"{unscored_no_error:,}", "no score, no error"))
     cards.append(stat(f"{shards:,}", "shards"))
@@ -122,14 +120,13 @@ def render_html(frame, selected: dict, thumbs: dict, chart_png: bytes, threshold
 
     quantiles = ""
     if scored:
-        qs = [0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
         names = ["min", "p10", "p25", "median", "p75", "p90", "max"]
-        values = np.quantile(finite, qs)
+        values = list(data.quantiles.values())
         quantiles = ("<table><tr>" + "".join(f'<th class="n">{n}</th>' for n in names) + '<th class="n">mean</th>'
                      + "</tr><tr>" + "".join(f'<td class="n">{v:.3f}</td>' for v in values)
-                     + f'<td class="n">{finite.mean():.3f}</td></tr></table>')
+                     + f'<td class="n">{stats.mean:.3f}</td></tr></table>')
 
-    groups = error_groups(errors)
+    groups = stats.error_groups()
     if groups:
         error_table = ('<table><tr><th class="n">rows</th><th>reason</th><th>example</th></tr>' + "".join(
             f'<tr><td class="n">{count:,}</td><td>{_esc(name)}</td><td>{_esc(example)}</td></tr>'
@@ -163,8 +160,9 @@ def render_html(frame, selected: dict, thumbs: dict, chart_png: bytes, threshold
 <p class="note">The rows a small change of threshold would keep or drop.</p>
 {image_grid(selected["around"], thumbs, threshold, "no scored rows")}
 <h2>Errors by reason</h2>
-<p class="note">{len(errors):,} row(s) have no score and a reason in their <code>error</code> column.</p>
+<p class="note">{errors:,} row(s) have no score and a reason in their <code>error</code> column.</p>
 {error_table}
+{extra_sections}
 """
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import fsspec
 import numpy as np
 
-from nemo_aesthetic.dedup.clusters import write_clusters
+from nemo_aesthetic.dedup.clusters import check_unique_ids, write_clusters
 from nemo_aesthetic.dedup.kmeans import fit_kmeans
 from nemo_aesthetic.stages.base import CompositeStage, ProcessingStage
 from nemo_aesthetic.stages.file_partitioning import FilePartitioningStage
@@ -90,6 +90,7 @@ class KMeansReadFitWriteStage(ProcessingStage):
         if not files:
             raise FileNotFoundError("KMeansStage: no input files")
         ddf = self.read(files)
+        check_unique_ids(ddf, self.id_field)
         init = self.init if isinstance(self.init, np.ndarray) else ("random" if self.init == "random" else "k-means++")
         result = fit_kmeans(ddf, self.embedding_field, self.n_clusters, max_iter=self.max_iter, tol=self.tol,
                             random_state=self.random_state, fit_data_fraction=self.fit_data_fraction, init=init)
