@@ -12,12 +12,14 @@ one, a ratio against a baseline measured in the same run:
 * refused image in a batch: one image the decoder refuses in each batch of 32; the old
   one-image-at-a-time retry vs halving (decode calls per batch and images/s).
 * JPEG structure check (``jpeg_header`` + ``device_decodable``): microseconds per image.
-* progressive JPEGs (go to PIL): PIL-path images/s per thread vs baseline JPEGs on the tensor path.
+* progressive JPEGs (nvJPEG leaves them to the PIL pool): the pool's work per image (decode only)
+  against baseline JPEGs, 1 vs 2 threads, the threads 15 % / 25 % progressive need at 3,000
+  images/s, and the pool size the code picks on a GPU worker of this host (``pil_pool_size``).
 * tar parsing: samples/s and microseconds per sample (3 members per sample) of ``iter_samples``
   against the reader before issue 22 item 10 (tarfile's stream mode, ``tests/stream_mode_reader.py``),
   runs interleaved, and what each would take of one core at 3,000 samples/s.
 * prep with parsing overlapped: the tensor path's prep (2 prep threads) fed by a reader thread
-  parsing the shard (``prefetch``, as the embedders read), with each reader; the same prep from
+  parsing a shard of photos resized to 256-384 px (img2dataset's usual output) (``prefetch``, as the embedders read), with each reader; the same prep from
   bytes already in memory is the ceiling.
 
 Usage: python bench/host_side.py [--images 96] [--repeat 3]
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import tarfile
 import tempfile
@@ -36,14 +39,17 @@ import fsspec
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from factory import oversampled, web_photo  # noqa: E402
+from factory import web_photo  # noqa: E402
 
 from stream_mode_reader import stream_mode_samples  # noqa: E402
 
 from nemo_aesthetic.datasets.shards import iter_samples  # noqa: E402
 from nemo_aesthetic.image.jpeg_markers import device_decodable, jpeg_header  # noqa: E402
-from nemo_aesthetic.image.preprocess import cpu_transform, make_preprocessor  # noqa: E402
-from nemo_aesthetic.image.tensor_preprocess import DeviceBatchPreprocessor, TensorBatchPreprocessor  # noqa: E402
+from nemo_aesthetic.image.tensor_preprocess import (  # noqa: E402
+    DeviceBatchPreprocessor,
+    TensorBatchPreprocessor,
+    pil_pool_size,
+)
 from nemo_aesthetic.prefetch import prefetch  # noqa: E402
 
 BATCH = 32
@@ -99,6 +105,7 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    print(f"cpus {len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.1f}, torch threads 1")
     import timm
     import torchvision.io
 
@@ -141,16 +148,38 @@ def main(argv=None):
     print(f"JPEG structure check:                        {t / n * 1e6:8.1f} us/image "
           f"(mean {sum(map(len, photos)) / n / 1024:.0f} KiB)")
 
-    pil = make_preprocessor(cpu_transform(model))
-    t_pil = best(lambda: [pil(b) for b in progressive], args.repeat)
-    m = len(progressive)
-    print(f"progressive JPEGs via PIL, 1 thread:         {m / t_pil:8.1f} images/s   "
-          f"x{(m / t_pil) / results['prep']:.2f} of the tensor path per thread")
+    progressive_pool(batcher, photos[:len(progressive)], progressive, results["prep"], args.repeat)
 
     with tempfile.TemporaryDirectory() as tmp:
         tar_path = write_shard(Path(tmp) / "shard.tar", photos * 4)
         tar_parsing(tar_path, 4 * n, args.repeat)
-        parsing_overlapped(tar_path, batcher, 4 * n, args.repeat)
+        # img2dataset's usual output: resized to 256-384 px, where parsing is a larger share
+        small = write_shard(Path(tmp) / "small.tar", [web_photo(i, long_side=(256, 384)) for i in range(4 * n)])
+        parsing_overlapped(small, batcher, 4 * n, args.repeat)
+
+
+def progressive_pool(batcher, baseline: list[bytes], progressive: list[bytes], prep_rate: float,
+                     repeat: int) -> None:
+    """What nvJPEG leaves to PIL: the pool's work per image (``_pil_decode``: decode only, the
+    resize runs with the batch), per thread and with 2 threads, and the threads it takes to keep up
+    at 3,000 images/s end to end with 15 % / 25 % progressive JPEGs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    m = len(progressive)
+    rates = {}
+    for name, items in (("baseline", baseline), ("progressive", progressive)):
+        rates[name] = m / best(lambda items=items: [batcher._pil_decode(b) for b in items], repeat)
+    print(f"PIL decode (the pool's work), 1 thread:      progressive {rates['progressive']:8.1f} images/s "
+          f"({1e3 / rates['progressive']:.1f} ms), baseline {rates['baseline']:.1f} images/s: "
+          f"x{rates['baseline'] / rates['progressive']:.2f} the cost; tensor path prep {prep_rate:.1f} images/s")
+    with ThreadPoolExecutor(2) as pool:
+        two = m / best(lambda: list(pool.map(batcher._pil_decode, progressive)), repeat)
+    print(f"progressive via the PIL pool, 2 threads:     {two:8.1f} images/s   x{two / rates['progressive']:.2f} "
+          f"vs 1 thread ({len(os.sched_getaffinity(0))} cores here)")
+    need = {share: 3000 * share / rates["progressive"] for share in (0.15, 0.25)}
+    print(f"progressive share at 3,000 images/s: 15 % needs {need[0.15]:.1f} threads, 25 % needs "
+          f"{need[0.25]:.1f} threads at this rate; pool on a GPU worker here: "
+          f"{pil_pool_size(4, 2, True)} threads (pil_pool_size, default threads=4)")
 
 
 def write_shard(path: Path, images: list[bytes]) -> Path:
@@ -207,11 +236,15 @@ def parsing_overlapped(path: Path, batcher, samples: int, repeat: int) -> None:
     times: dict = {name: [] for name, _ in cases}
     for _ in range(repeat):
         for name, items in cases:
-            times[name].append(best(lambda items=items: prep(items()), 1))
-    ceiling = min(times[cases[0][0]])
+            wall, cpu = time.perf_counter(), time.process_time()
+            prep(items())
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    ceiling = min(t for t, _ in times[cases[0][0]])
+    ceiling_cpu = min(c for _, c in times[cases[0][0]])
     for name, _ in cases:
-        t = min(times[name])
-        print(f"prep with parsing overlapped, {name:32s} {samples / t:8.1f} images/s   x{ceiling / t:.2f} of the ceiling")
+        t, c = min(t for t, _ in times[name]), min(c for _, c in times[name])
+        print(f"prep with parsing overlapped, {name:32s} {samples / t:8.1f} images/s   x{ceiling / t:.2f} of the "
+              f"ceiling; CPU {c / samples * 1e3:.2f} ms/image (+{(c - ceiling_cpu) / samples * 1e6:.0f} us)")
 
 if __name__ == "__main__":
     main()

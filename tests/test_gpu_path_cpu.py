@@ -258,6 +258,58 @@ def test_device_preparation_runs_batches_on_several_threads_in_order(tiny_model)
         assert torch_equal(got, alone(p).per_payload(1)[0])
 
 
+def test_pil_pool_on_a_gpu_worker_gets_its_gpus_share_of_the_cores(monkeypatch):
+    """Progressive JPEGs (15-25 % of web images) are decoded by PIL: at 3,000 images/s that is
+    ~6-15 cores of work (BENCHMARKS.md, host_side.py), so on CUDA the pool is not left at the
+    default 4 threads but gets the cores of this GPU's share, less the preparing threads and one."""
+    import os
+
+    import torch
+
+    from nemo_aesthetic.image.tensor_preprocess import pil_pool_size
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pil_pool_size(4, 2, cuda=True) == 13  # the lent machine: 16 cores, one H200
+    assert pil_pool_size(32, 2, cuda=True) == 32  # asked for more: more
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(112)))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert pil_pool_size(4, 2, cuda=True) == 11  # 8 workers on 112 cores: 14 each
+    assert pil_pool_size(4, 2, cuda=False) == 4  # the CPU path: what was asked
+
+
+def test_pil_payloads_of_a_batch_are_decoded_side_by_side_by_the_pool(tiny_model):
+    """The progressive JPEGs of one batch go to the pool's threads at once (each decode made slow on
+    purpose, so that running one after the other would show), and come back decoded."""
+    import threading
+    import time
+
+    from factory import web_photo
+
+    from nemo_aesthetic.image.tensor_preprocess import DeviceBatchPreprocessor, TensorBatchPreprocessor
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    class SlowPil(TensorBatchPreprocessor):
+        def _pil_decode(self, data):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.3)
+            try:
+                return super()._pil_decode(data)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+    progressive = [web_photo(40 + i, progressive=True, long_side=(200, 260)) for i in range(4)]
+    with DeviceBatchPreprocessor(SlowPil(tiny_model, "cpu"), threads=4, prep_threads=1) as prep:
+        assert prep.pil_threads == 4
+        out = prep.start(progressive)()
+    assert most[0] == 4 and all(not isinstance(x, Exception) for x in out)
+
+
 def torch_equal(a, b) -> bool:
     import torch
 

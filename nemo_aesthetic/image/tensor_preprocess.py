@@ -17,6 +17,7 @@ so it gets the same pixels and the same per-row reason as on the CPU path.
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -268,6 +269,25 @@ class TensorBatchPreprocessor:
         batch = torch.stack([out[r] for r in rows]).to(torch.float32)
         return batch.mul_(self.scale).add_(self.shift).to(dtype), rows
 
+def pil_pool_size(threads: int, prep_threads: int, cuda: bool) -> int:
+    """Threads for what nvJPEG does not take (progressive JPEGs, 15-25 % of web images; PNG, CMYK).
+
+    On the CPU, ``threads``. On a GPU worker the PIL share must keep pace with the GPU: decoding a
+    progressive web photo takes ~8-20 ms of a core (``bench/host_side.py``), so at 3,000 images/s
+    with 25 % progressive it needs ~6-15 cores, far above the default ``threads=4``. PIL releases
+    the GIL while it decodes, so the pool gets this GPU's share of the cores the process may run on
+    (its affinity / the GPUs visible), less the preparing threads and one for the model and the
+    reader - or ``threads``, if larger. Idle threads cost nothing.
+    """
+    if not cuda:
+        return max(1, threads)
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_gpu = cores // max(1, torch.cuda.device_count())
+    return max(1, threads, per_gpu - prep_threads - 1)
+
+
 class DeviceBatchPreprocessor(BatchPreprocessor):
     """The engine's decode step on the tensor path: each batch goes whole to a
     :class:`TensorBatchPreprocessor` on one of ``prep_threads`` background threads, so batch N+1 is
@@ -277,7 +297,8 @@ class DeviceBatchPreprocessor(BatchPreprocessor):
     kernels run beside the forward pass instead of queueing behind it. ``wait()`` (called on the
     model's thread) makes the model's stream wait for the batch's event on the device - the host
     does not block - and marks the batch as used by that stream so its memory is not recycled too
-    early. Payloads that need PIL are decoded by ``threads`` threads.
+    early. Payloads that need PIL are decoded by :func:`pil_pool_size` threads (``threads``, or on
+    CUDA this GPU's share of the cores if that is more).
     """
 
     def __init__(self, batcher: TensorBatchPreprocessor, threads: int = 4, dtype=None, prep_threads: int = 2):
@@ -288,7 +309,8 @@ class DeviceBatchPreprocessor(BatchPreprocessor):
         self.dtype = dtype
         self.prep_threads = max(1, prep_threads)
         self._prep = ThreadPoolExecutor(self.prep_threads, thread_name_prefix="device-prep")
-        self._pil = ThreadPoolExecutor(self.threads, thread_name_prefix="pil-decode")
+        self.pil_threads = pil_pool_size(self.threads, self.prep_threads, batcher.cuda)
+        self._pil = ThreadPoolExecutor(self.pil_threads, thread_name_prefix="pil-decode")
         self._local = threading.local()  # each preparing thread's own CUDA stream
 
     def start(self, payloads: list[bytes]) -> Callable[[], list]:
