@@ -12,7 +12,9 @@ Steps (:data:`STEPS`; add a bench with one line there):
   fidelity  bench/gpu_fidelity.py: GPU path vs CPU path on real photos (model input mean |diff|,
             embedding cosine) and the model's precision modes against fp32
   bench     bench/gpu_throughput.py: model-only and end-to-end images/s, GPU busy %, score fidelity
-  host      bench/host_side.py: the host side's per-image costs (prep, structure check, tar parsing)
+            (20 % progressive JPEGs: the middle of the web's 15-25 %, left to the PIL pool)
+  host      bench/host_side.py: the host side's per-image costs on this host's CPU (prep, structure
+            check, the PIL pool's progressive JPEGs and its threads, tar parsing old vs now)
   dedup     bench/semdedup.py: semantic dedup (k-means + pairwise on the GPU worker) vs a torch reference
   photo     bench/photo_bench.py: the pipeline piece by piece on real photos at web sizes
 
@@ -80,11 +82,11 @@ STEPS = [
     ("bench", 240, "bench.log",
      lambda: [PY, "bench/gpu_throughput.py", *args(
          "BENCH_ARGS", "--tiny --device cpu --batch 8 --threads 1 --shards 2 --images-per-shard 16 --seconds 0.5 "
-         "--matmul 256", "--batch 256 --threads 8 --shards 8 --images-per-shard 1000 --seconds 5")],
+         "--matmul 256", "--batch 256 --threads 8 --shards 8 --images-per-shard 1000 --seconds 5 --progressive 0.2")],
      ("device", "data", "matmul", "model only", "end to end", "fidelity")),
-    ("host", 60, "host.log", lambda: [PY, "bench/host_side.py", *args("HOST_ARGS", "--images 16 --repeat 1",
+    ("host", 90, "host.log", lambda: [PY, "bench/host_side.py", *args("HOST_ARGS", "--images 16 --repeat 1",
                                                                       "--images 64 --repeat 2")],
-     ("prep", "one refused", "JPEG", "progressive", "tar")),
+     ("cpus", "prep", "one refused", "JPEG", "PIL", "progressive", "tar")),
     ("dedup", 120, "dedup.log", lambda: [PY, "bench/semdedup.py", *args(
         "DEDUP_ARGS", "--rows 4000 --dim 64 --clusters 8 --iters 2 --rows-per-part 2000",
         "--rows 100000 --clusters 100 --iters 5")], ("data", "reference", "workflow")),
