@@ -2,8 +2,8 @@
 
 ``iter_samples`` used to read tars through tarfile's stream mode (``"r|"``), whose Python copy loop
 cost ~180-650 us per sample. It now opens the tar in mode ``"r"`` over a forward-only stream. These
-tests hold it to what the old reader gave (``tests/stream_mode_reader.py``, the old code kept as
-the reference) on healthy and damaged tars, and to what the old one got wrong: a member declaring
+tests hold it to what the old reader gave (``tests/stream_mode_reader.py``: tarfile's stream mode
+and ``extractfile``, as the tar was opened and read before) on healthy and damaged tars, and to what the old one got wrong: a member declaring
 a huge size hung it, and a truncated ``.tar.gz`` lost the samples of its last 10 KiB.
 """
 from __future__ import annotations

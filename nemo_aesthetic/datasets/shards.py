@@ -23,6 +23,7 @@ extension) are counted as skipped, not guessed at.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -194,7 +195,17 @@ def max_member_bytes() -> int:
         raise ValueError(f"${MAX_MEMBER_ENV} must be a number of bytes, not {value!r}") from None
 
 
-def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | None = None) -> Iterator[Sample]:
+@contextlib.contextmanager
+def open_tar(fs: fsspec.AbstractFileSystem, tar_path: str):
+    """``(tar, read)``: tarfile in mode ``"r"`` over a forward-only stream (it parses every header:
+    pax, GNU long names, sparse maps), and ``read(info)``, a member's bytes in one read."""
+    with fs.open(tar_path, "rb") as raw, forward_only(raw) as stream:
+        yield (tarfile.TarFile(fileobj=stream, mode="r", tarinfo=StrictTarInfo),
+               lambda info: member_bytes(stream, info))
+
+
+def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | None = None,
+                 opener=open_tar) -> Iterator[Sample]:
     """Yield the samples of a tar in order, grouping consecutive members that share a key.
 
     A key that comes back later in the tar yields a second :class:`Sample`; callers decide what
@@ -202,7 +213,8 @@ def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | N
     A member larger than :func:`max_member_bytes`, or sparse, is skipped unread and its sample
     carries the reason in ``refused``.
     Raises :class:`ShardReadError` (after yielding what could be read) on a broken tar; the
-    sample that was being read then is yielded with ``complete=False``.
+    sample that was being read then is yielded with ``complete=False``. ``opener`` opens the tar
+    (:func:`open_tar`; ``tests/stream_mode_reader.py`` passes the reader before it, for comparison).
     """
     # Imported here: webdataset imports torch, which the client-side reading of metadata never needs.
     from webdataset.tariterators import base_plus_ext
@@ -210,11 +222,7 @@ def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | N
     limit = max_member_bytes()
     current: Sample | None = None
     try:
-        with fs.open(tar_path, "rb") as raw, forward_only(raw) as stream:
-            # mode "r" on a forward-only stream: tarfile parses every header (pax, GNU long names,
-            # sparse maps) as in stream mode, without its 10 KiB copy loop; we read each member's
-            # bytes in one call (see ForwardOnly)
-            tar = tarfile.TarFile(fileobj=stream, mode="r", tarinfo=StrictTarInfo)
+        with opener(fs, tar_path) as (tar, read):
             for info in tar:
                 if not info.isfile():
                     continue
@@ -228,7 +236,7 @@ def iter_samples(fs: fsspec.AbstractFileSystem, tar_path: str, skipped: list | N
                 refused = _refusal(info, limit - held)
                 # (a refused member is skipped, never held: a seek where the stream can, else
                 # bounded reads)
-                data = member_bytes(stream, info) if refused is None else b""
+                data = read(info) if refused is None else b""
                 if not same:
                     if current is not None:
                         yield current
