@@ -182,8 +182,11 @@ def _held_on_workers(ddf):
     import dask.dataframe as dd
     from distributed import futures_of
 
+    from nemo_aesthetic.engine.partitions import keep_dtypes
+
     futures = futures_of(ddf.persist())
-    return dd.from_delayed(futures, meta=ddf._meta, verify_meta=False) if futures else ddf
+    with keep_dtypes():  # (the embeddings stay arrays)
+        return dd.from_delayed(futures, meta=ddf._meta, verify_meta=False) if futures else ddf
 
 
 def _keep_share(frame, fraction, seed, partition_info=None):
