@@ -105,15 +105,22 @@ class _Footers:
 
 
 def _footers(fs, id_col: str, paths) -> _Footers:
-    """The batch's footers merged; read by a few threads at once (an object store's latency overlaps)."""
+    """The batch's footers merged; read by a few threads at once (an object store's latency
+    overlaps). Shards mostly share one schema: each distinct schema is unified once, in the order
+    first seen (so the columns keep their order and the first file of each type)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(8) as pool:
-        return _merge_all(list(pool.map(functools.partial(_footer, fs, id_col), list(paths))))
+        footers = list(pool.map(functools.partial(_footer, fs, id_col), list(paths)))
+    first_file: dict = {}
+    for path, schema, rows in footers:
+        first_file.setdefault((schema, rows > 0), path)
+    merged = _merge_all([_one_footer(path, schema, int(has_rows)) for (schema, has_rows), path in first_file.items()])
+    return dataclasses.replace(merged, rows=sum(rows for _, _, rows in footers))
 
 
-def _footer(fs, id_col: str, path: str) -> _Footers:
-    import pyarrow as pa
+def _footer(fs, id_col: str, path: str):
+    """``(path, schema, rows)`` of one file's footer."""
     import pyarrow.parquet as pq
 
     from nemo_aesthetic.retrying import with_retries
@@ -129,6 +136,12 @@ def _footer(fs, id_col: str, path: str) -> _Footers:
         raise ValueError(f"cannot read metadata file {path}: {type(exc).__name__}: {exc}") from exc
     if id_col not in schema.names:
         raise KeyError(f"id_col {id_col!r} is not a column of {path}; columns: {schema.names}")
+    return path, schema, rows
+
+
+def _one_footer(path: str, schema, rows: int) -> _Footers:
+    import pyarrow as pa
+
     typed = schema if rows else pa.schema([(f.name, pa.null()) for f in schema])
     return _Footers(_Unified(typed, {f.name: (f.type, path) for f in typed}),
                     _Unified(schema, {f.name: (f.type, path) for f in schema}), rows)
