@@ -13,10 +13,11 @@ Steps (:data:`STEPS`; add a bench with one line there):
             embedding cosine) and the model's precision modes against fp32
   bench     bench/gpu_throughput.py: model-only and end-to-end images/s, GPU busy %, score fidelity
   host      bench/host_side.py: the host side's per-image costs (prep, structure check, tar parsing)
+  dedup     bench/semdedup.py: semantic dedup (k-means + pairwise on the GPU worker) vs a torch reference
   photo     bench/photo_bench.py: the pipeline piece by piece on real photos at web sizes
 
 Environment knobs: GPU_CHECK_BUDGET (seconds for everything, default 450), GPU_CHECK_STEPS (default
-all but install, which runs when wheels are found), BENCH_ARGS, PHOTO_ARGS, FIDELITY_ARGS, OUT
+all but install, which runs when wheels are found), BENCH_ARGS, PHOTO_ARGS, FIDELITY_ARGS, DEDUP_ARGS, OUT
 (results folder, default /tmp/gpu-check-out), DRY_RUN=1 (a CPU rehearsal: tiny model, small sizes).
 """
 from __future__ import annotations
@@ -84,6 +85,9 @@ STEPS = [
     ("host", 60, "host.log", lambda: [PY, "bench/host_side.py", *args("HOST_ARGS", "--images 16 --repeat 1",
                                                                       "--images 64 --repeat 2")],
      ("prep", "one refused", "JPEG", "progressive", "tar")),
+    ("dedup", 120, "dedup.log", lambda: [PY, "bench/semdedup.py", *args(
+        "DEDUP_ARGS", "--rows 4000 --dim 64 --clusters 8 --iters 2 --rows-per-part 2000",
+        "--rows 100000 --clusters 100 --iters 5")], ("data", "reference", "workflow")),
     ("photo", 400, "photo.log", photo_cmd, ("[",)),
 ]
 

@@ -43,10 +43,9 @@ import dask.dataframe as dd
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dask import delayed
 
 from nemo_aesthetic.datasets import ImageTextPairDataset
-from nemo_aesthetic.datasets.resharding import plan_output_shards, write_output_shard, write_partition
+from nemo_aesthetic.datasets.resharding import output_shard_writes, write_partition
 from nemo_aesthetic.datasets.selection import _mark, _with_keep
 from nemo_aesthetic.engine.partitions import map_shards
 from nemo_aesthetic.image.classifiers import AestheticClassifier
@@ -129,13 +128,8 @@ def measure(root: str, n: int, weights: str, reshard_max: int | None = None) -> 
         meta=_with_keep(scored.metadata._meta, "keep"), label="mark-top")))
 
     def reshard():  # as to_webdataset builds it, from one kept row per shard, 10,000 samples per output
-        parts = marked.to_delayed()
-        plan = plan_output_shards([1] * n, 10000)
-        tasks = [delayed(write_output_shard, pure=False)(
-            None, [scored.shards[i] for i, _, _ in slices], [(a, b, True) for _, a, b in slices],
-            [parts[i] for i, _, _ in slices], None, root, f"{j:05d}", j * 10000, 9, "key", None)
-            for j, slices in enumerate(plan)]
-        return None, driver_graph(*tasks)
+        _, writes = output_shard_writes(marked, scored.shards, [1] * n, 10000, 5, set(), None, None, root, "key", None)
+        return None, driver_graph(writes)
 
     if reshard_max is None or n <= reshard_max:
         timed("to_webdataset (write)", reshard)

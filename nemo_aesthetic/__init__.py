@@ -1,12 +1,8 @@
 """nemo_aesthetic: aesthetic scores for image-text datasets at scale, on Dask (CPU or GPU)."""
-import dask
-
 from nemo_aesthetic.distributed import get_client, load_object_on_worker
 
-# As NeMo Curator 0.x does on import: dask would otherwise turn object columns into strings, so a
-# metadata frame a user builds with ``dd.from_pandas`` (embeddings as lists or arrays) would have
-# its embeddings written as text such as "[0.1 0.2 ... 0.3]" - truncated, and lost.
-dask.config.set({"dataframe.convert-string": False})
+# No dask config is changed here (NeMo Curator 0.x switches dask's string conversion off for the whole
+# process on import): our own graphs say their dtypes (engine.partitions.from_shards).
 
 __all__ = ["get_client", "load_object_on_worker", "ImageTextPairDataset", "TimmImageEmbedder",
            "AestheticClassifier", "NsfwClassifier", "ClusteringModel", "SemanticClusterLevelDedup"]

@@ -58,6 +58,19 @@ class subscribe_local:
             _local_handlers.remove(self.handler)
 
 
+_CURRENT = threading.local()
+
+
+def current_shard_progress() -> "ShardProgress | None":
+    """The :class:`ShardProgress` of the partition this thread is running (the stage executor sets
+    it per partition; stages are set up once per worker and run many partitions)."""
+    return getattr(_CURRENT, "tracker", None)
+
+
+def set_current_shard_progress(tracker: "ShardProgress | None") -> None:
+    _CURRENT.tracker = tracker
+
+
 class ShardProgress:
     """The engine's ``on_batch`` callback for one shard: publishes its progress, throttled.
 

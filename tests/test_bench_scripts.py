@@ -64,3 +64,20 @@ def test_sources_smoke():
     for layout in ("folder", "img2dataset parquet", "hugging face parquet"):
         assert out.count(layout) == 2, out
     assert out.count("x tars") == 16, out
+
+
+def test_semdedup_bench_runs_as_a_gpu_check_step(tmp_path):
+    """bench/semdedup.py at tiny sizes, through its step of the prepared GPU run (DRY_RUN=1, on the
+    CPU): both sides find the same planted copies and the ratio is printed."""
+    env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable, OUT=str(tmp_path / "out"),
+               GPU_CHECK_WORK=str(tmp_path / "work"), GPU_CHECK_STEPS="dedup", GPU_CHECK_BUDGET="300")
+    repo = os.path.join(os.path.dirname(__file__), "..")
+    out = subprocess.run(["bash", os.path.join(BENCH, "gpu-check.sh")], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=360)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert "ok       dedup" in summary, summary
+    found = {line.split()[0]: line for line in summary.splitlines()
+             if line.strip().startswith(("reference (", "workflow  ("))}
+    assert "40 duplicates" in found["reference"] and "40 duplicates" in found["workflow"], summary
+    assert "workflow speed / reference speed:" in summary, summary

@@ -101,7 +101,7 @@ def test_cli_rows_without_a_usable_embedding_get_a_reason_and_repeated_ids_their
     base = rng.standard_normal((12, 16)).astype(np.float32)
     keys = [f"{s:05d}{i:04d}" for s in range(2) for i in range(6)]
     embeddings = dict(zip(keys, base))
-    embeddings["000010001"] = base[0] * 3  # a copy (scaled) of 000000000 in the other shard
+    embeddings["000010001"] = base[0].copy()  # an exact copy of 000000000 in the other shard: a tie, the first kept
     embeddings["000000003"] = np.full(16, np.nan, np.float32)
     embeddings["000000004"] = np.zeros(16, np.float32)
     embeddings.pop("000010005")  # no embedding (a failed image)

@@ -200,10 +200,20 @@ def test_s3_and_a_local_cluster(tmp_path, weights_home, s3_endpoint, cpu_client)
     fs = s3fs.S3FileSystem(**storage_options)
     fs.put(emb + "/", "embeddings/img_emb/", recursive=True)
     fs.put(meta + "/", "embeddings/metadata/", recursive=True)
-    summary = score_embeddings("s3://embeddings/img_emb", "s3://embeddings/scores", file_format="parquet_npy",
-                               metadata="s3://embeddings/metadata", columns=["caption"],
-                               storage_options=storage_options, client=cpu_client, batch_rows=700, rows_per_task=1000)
+    from distributed import get_task_stream
+
+    with get_task_stream(cpu_client) as stream:
+        summary = score_embeddings("s3://embeddings/img_emb", "s3://embeddings/scores", file_format="parquet_npy",
+                                   metadata="s3://embeddings/metadata", columns=["caption"],
+                                   storage_options=storage_options, client=cpu_client, batch_rows=700,
+                                   rows_per_task=1000)
     assert summary["rows"] == sum(SIZES)
+    # one task per 1,000-row range of each file and one write per file (a graph linear in files)
+    from dask.utils import key_split
+
+    prefixes = [key_split(t["key"]) for t in stream.data]
+    assert prefixes.count("score-embeddings") == sum(-(-n // 1000) for n in SIZES), prefixes
+    assert prefixes.count("write-scores") == len(SIZES), prefixes
     assert sorted(p.rsplit("/", 1)[1] for p in fs.ls("embeddings/scores")) == [f"img_emb_{i}.parquet" for i in range(3)]
     for i, x in enumerate(arrays):
         with fs.open(f"embeddings/scores/img_emb_{i}.parquet", "rb") as f:

@@ -350,7 +350,7 @@ def test_on_a_local_cluster_matches_the_sync_result(cpu_client, tmp_path):
 
     with get_task_stream(cpu_client) as ts:
         on_cluster = run(tmp_path / "cluster", "dask.distributed")
-    assert any("write_output_shard" in str(t["key"]) for t in ts.data), "did not run on the cluster"
+    assert any("write-output-shard" in str(t["key"]) for t in ts.data), "did not run on the cluster"
     local = run(tmp_path / "sync", "sync")
     assert on_cluster == local == {"kept_rows": 18, "written": 18, "shards": 5, "skipped_shards": [], "missing": []}
 

@@ -8,18 +8,33 @@ pass through the scheduler. As batches go by, the memory they freed goes back to
 most once a second: :class:`~nemo_aesthetic.distributed.FreedMemoryReleaser`), or the worker's
 footprint would creep up with the number of batches. Models load once per worker process
 (``load_object_on_worker``).
+
+Stages are set up once per worker thread for the run, not once per partition (a model stage's
+``setup`` costs a quarter of a second even with its model cached; a user's stage may load its own):
+each partition's task looks the run's set-up stages up on its worker by the run's id, as an
+upstream actor keeps its stages. They are torn down when the run ends. One thread keeps its own
+copies, so a stage that keeps state between calls (as upstream's actors let it) is never shared
+by two partitions at once.
+
+One failed partition does not stop the others. A partition that fails with a transient I/O error
+(:func:`~nemo_aesthetic.retrying.is_transient`) runs again, up to ``retries`` times; when every
+partition is done, the first partition's error that remains is raised, with a note naming every
+failed partition and why (the outputs the others wrote stay written).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
+import uuid
 from typing import Callable, Iterable, Iterator
 
 from nemo_aesthetic import progress
 from nemo_aesthetic.backends.base import BaseExecutor, WorkerMetadata
 from nemo_aesthetic.distributed import FreedMemoryReleaser
-from nemo_aesthetic.progress import ShardProgress
+from nemo_aesthetic.progress import ShardProgress, set_current_shard_progress
+from nemo_aesthetic.retrying import is_transient
 from nemo_aesthetic.tasks import EmptyTask
 
 logger = logging.getLogger("nemo_aesthetic")
@@ -28,6 +43,12 @@ logger = logging.getLogger("nemo_aesthetic")
 PROGRESS_LOG_INTERVAL = 10.0
 #: Seconds the executor waits, once the results are in, for the last progress events.
 FINAL_EVENTS_WAIT = 2.0
+#: Times a partition that failed with a transient I/O error runs again.
+PARTITION_RETRIES = 2
+
+#: On a worker: ``(run id, thread id) -> the stages, set up``; see :func:`run_partition`.
+_SET_UP: dict[tuple[str, int], list] = {}
+_SET_UP_LOCK = threading.Lock()
 
 
 class DaskExecutor(BaseExecutor):
@@ -36,9 +57,12 @@ class DaskExecutor(BaseExecutor):
 
     upstream_name: str | None = None
 
-    def __init__(self, config: dict | None = None, client=None, **options):
+    def __init__(self, config: dict | None = None, client=None, retries: int = PARTITION_RETRIES, **options):
         super().__init__(config, **{k: v for k, v in options.items() if k == "ignore_head_node"})
         self.client = client
+        self.retries = int((config or {}).get("retries", retries))
+        #: ``(partition, error)`` of each partition that failed in the last run.
+        self.failures: list[tuple[str, BaseException]] = []
         if self.upstream_name:
             logger.warning("%s runs this pipeline on Dask (nemo_aesthetic's engine; no Ray or Xenna needed)",
                         self.upstream_name)
@@ -59,7 +83,7 @@ class DaskExecutor(BaseExecutor):
             if hasattr(stages[0], "run_on_dask"):  # a whole-dataset stage (k-means) drives Dask itself
                 return stages[0].run_on_dask(client, initial_tasks) if len(stages) == 1 else \
                     self.execute(stages[1:], stages[0].run_on_dask(client, initial_tasks))
-            return _run_on(client, stages, initial_tasks)
+            return _run_on(client, stages, initial_tasks, self.retries, self.failures)
         finally:
             if owned:
                 cluster = client.cluster
@@ -67,25 +91,52 @@ class DaskExecutor(BaseExecutor):
                 cluster.close()
 
 
-def run_partition(stages: list, task, label: str | None = None) -> list:
-    """On the worker: set the stages up, stream one partition through them, tear them down.
+def run_partition(stages: list, task, label: str | None = None, run_id: str | None = None) -> list:
+    """On the worker: stream one partition through the stages, set up once per worker thread per run.
 
-    The stages find the partition's :class:`~nemo_aesthetic.progress.ShardProgress` (named
-    ``label``) in ``worker_metadata.extra["progress"]``: the embedding stage reports each model
-    batch to it, and it says the partition is finished here, when the last stage is done.
+    ``run_id`` names the run: the first partition a worker thread gets sets its copy of the stages
+    up and keeps them (:data:`_SET_UP`) for the run's later partitions; :func:`tear_down_run` ends
+    them. Without a ``run_id`` the stages are set up and torn down around this partition alone.
+    The stages find the partition's :class:`~nemo_aesthetic.progress.ShardProgress` (named ``label``)
+    with :func:`~nemo_aesthetic.progress.current_shard_progress`: the embedding stage reports each
+    model batch to it, and it says the partition is finished here, when the last stage is done.
     """
     tracker = ShardProgress(label or task.task_id or "partition", None)
-    metadata = WorkerMetadata(worker_id=_worker_id(), extra={"progress": tracker})
-    for stage in stages:
-        stage.setup_on_node(None, metadata)
-        stage.setup(metadata)
-    try:
-        outputs = list(stream(stages, [task], after_each=FreedMemoryReleaser()))
-    finally:
+    key = (run_id, threading.get_ident())
+    with _SET_UP_LOCK:
+        ready = _SET_UP.get(key) if run_id is not None else None
+    if ready is None:
+        metadata = WorkerMetadata(worker_id=_worker_id(), extra={"progress": tracker})
         for stage in stages:
-            stage.teardown()
+            stage.setup_on_node(None, metadata)
+            stage.setup(metadata)
+        ready = stages
+        if run_id is not None:
+            with _SET_UP_LOCK:
+                _SET_UP[key] = ready
+    set_current_shard_progress(tracker)
+    try:
+        outputs = list(stream(ready, [task], after_each=FreedMemoryReleaser()))
+    finally:
+        set_current_shard_progress(None)
+        if run_id is None:
+            for stage in ready:
+                stage.teardown()
     tracker.finish()
     return outputs
+
+
+def tear_down_run(run_id: str) -> int:
+    """On a worker: tear down the stages a run set up there; how many threads had them."""
+    with _SET_UP_LOCK:
+        runs = [_SET_UP.pop(k) for k in [k for k in _SET_UP if k[0] == run_id]]
+    for stages in runs:
+        for stage in stages:
+            try:
+                stage.teardown()
+            except Exception:  # one stage's teardown must not keep the others' resources
+                logger.exception("pipeline: teardown of %s failed", getattr(stage, "name", stage))
+    return len(runs)
 
 
 def stream(stages: list, tasks: Iterable, after_each: Callable[[], None] | None = None) -> Iterator:
@@ -101,26 +152,60 @@ def stream(stages: list, tasks: Iterable, after_each: Callable[[], None] | None 
             after_each()
 
 
-def _run_on(client, stages, tasks) -> list:
+def _run_on(client, stages, tasks, retries: int = PARTITION_RETRIES, failures: list | None = None) -> list:
     from distributed import as_completed
 
     resources = gpu_resources(client, stages)
+    run_id = f"pipeline-{uuid.uuid4().hex}"
     start = time.perf_counter()
-    futures = [client.submit(run_partition, stages, task, f"{task.dataset_name}/{i}",
-                             key=f"pipeline-partition-{task.task_id}-{id(task)}", pure=False, resources=resources)
-               for i, task in enumerate(tasks)]
-    order = {f.key: i for i, f in enumerate(futures)}
-    results: list = [None] * len(futures)
+    labels = [f"{task.dataset_name}/{i}" for i, task in enumerate(tasks)]
+
+    def submit(i: int, attempt: int):
+        return client.submit(run_partition, stages, tasks[i], labels[i], run_id,
+                             key=f"pipeline-partition-{tasks[i].task_id}-{id(tasks[i])}-{attempt}", pure=False,
+                             resources=resources)
+
+    futures = [submit(i, 0) for i in range(len(tasks))]
+    index = {f.key: (i, 0) for i, f in enumerate(futures)}
+    live = {f.key: f for f in futures}
+    results: list = [[] for _ in tasks]
+    failed: list[tuple[str, BaseException]] = [] if failures is None else failures
+    failed.clear()
+    pending = as_completed(futures)
     try:
         with logged_progress(client, len(futures)):
-            for done, future in enumerate(as_completed(futures), 1):
-                results[order[future.key]] = future.result()  # raises the partition's error
-                logger.info("pipeline: partition %d/%d done", done, len(futures))
+            for done, future in enumerate(pending, 1):
+                i, attempt = index.pop(future.key)
+                live.pop(future.key, None)
+                error = future.exception() if future.status == "error" else None
+                if error is None:
+                    results[i] = future.result()
+                    logger.info("pipeline: partition %d/%d done", done, len(tasks))
+                elif is_transient(error) and attempt < retries:
+                    logger.warning("pipeline: partition %s failed (%s: %s); running it again (retry %d of %d)",
+                                   labels[i], type(error).__name__, error, attempt + 1, retries)
+                    again = submit(i, attempt + 1)
+                    index[again.key] = (i, attempt + 1)
+                    live[again.key] = again
+                    pending.add(again)
+                else:
+                    failed.append((labels[i], error))
+                    logger.error("pipeline: partition %s failed: %s: %s", labels[i], type(error).__name__, error)
     except BaseException:
-        client.cancel(futures)
+        client.cancel(list(live.values()))
         raise
+    finally:
+        with contextlib.suppress(Exception):  # a worker that died took its stages with it
+            client.run(tear_down_run, run_id)
+    futures = live = pending = future = None  # an error raised below must not keep the results in the cluster
     flat = [t for out in results for t in out]
     logger.info("pipeline: %d output task(s) in %.1fs", len(flat), time.perf_counter() - start)
+    if failed:
+        error = failed[0][1]
+        error.add_note(f"{len(failed)} of {len(tasks)} partition(s) failed; the others ran to the end: "
+                       + "; ".join(f"{label}: {type(e).__name__}: {e}" for label, e in failed[:10])
+                       + (" ..." if len(failed) > 10 else ""))
+        raise error
     return flat
 
 

@@ -50,7 +50,11 @@ class DocumentDataset:
     @classmethod
     def from_pandas(cls, data: pd.DataFrame, npartitions: int | None = 1, chunksize: int | None = None,
                     sort: bool | None = True, name: str | None = None) -> "DocumentDataset":
-        return cls(dd.from_pandas(data, npartitions=npartitions, chunksize=chunksize, sort=sort))
+        """``data`` with the dtypes it has (:func:`~nemo_aesthetic.engine.partitions.keep_dtypes`)."""
+        from nemo_aesthetic.engine.partitions import keep_dtypes
+
+        with keep_dtypes():
+            return cls(dd.from_pandas(data, npartitions=npartitions, chunksize=chunksize, sort=sort))
 
     def to_pandas(self) -> pd.DataFrame:
         return self.df.to_backend("pandas").compute()

@@ -8,25 +8,22 @@ rows and add columns freely, but do not repartition) before embedding or writing
 from __future__ import annotations
 
 import logging
-import math
 import posixpath
 from typing import Iterable
 
-import dask
 import dask.dataframe as dd
 import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dask import delayed
 
 from nemo_aesthetic import frames
 from nemo_aesthetic.atomic import commit_staged, exclusive_output, location, temporary_name
 from nemo_aesthetic.datasets import provenance
-from nemo_aesthetic.datasets.resharding import plan_output_shards, write_output_shard, write_partition
+from nemo_aesthetic.datasets.resharding import output_shard_writes, write_partition
 from nemo_aesthetic.datasets.shards import Shard, discover_shards
 from nemo_aesthetic.datasets.schema import conform, schema_and_rows
-from nemo_aesthetic.engine.partitions import from_shards, map_shards
+from nemo_aesthetic.engine.partitions import computed_once, from_shards, map_shards
 from nemo_aesthetic.retrying import with_retries
 from nemo_aesthetic.datasets.sources import SourceConstructors
 
@@ -61,6 +58,7 @@ class ImageTextPairDataset(SourceConstructors):
                 f"metadata has {metadata.npartitions} partitions but the dataset has {len(self.shards)} "
                 "shards; partition i must be shard i (do not repartition the metadata)"
             )
+        _warn_of_embeddings_as_text(metadata)
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -207,27 +205,17 @@ class ImageTextPairDataset(SourceConstructors):
 
         # Filter inside each partition: dask's optimizer turns ``df[s.astype(bool)]`` into the mask
         # itself (a Series, not the rows; dask/dask#12172), and a partition-wise filter keeps
-        # partition i = shard i by construction.
-        kept = self.metadata.map_partitions(_keep_rows, filter_column, meta=self.metadata._meta).persist()
-        counts = [int(c) for c in kept.map_partitions(len).compute()]
-        plan = plan_output_shards(counts, samples_per_shard)
-        if len(plan) > 10**max_shards:
-            raise ValueError(f"{len(plan)} output shards do not fit in max_shards={max_shards} digits")
-        id_width = max_shards + math.ceil(math.log10(samples_per_shard))
-        parts = kept.to_delayed()
-        tasks = []
-        for j, slices in enumerate(plan):  # each task gets its own slices only: the graph stays linear
-            if f"{j:0{max_shards}d}" in finished:
-                continue
-            tasks.append(delayed(write_output_shard, pure=False)(
-                fs_in, [self.shards[i] for i, _, _ in slices], [(start, stop, stop == counts[i]) for i, start, stop in slices],
-                [parts[i] for i, _, _ in slices], fs_out, write_root, f"{j:0{max_shards}d}",
-                j * 10 ** math.ceil(math.log10(samples_per_shard)), id_width, self.id_col, old_id_col,
-            ))
-        if not plan:
+        # partition i = shard i by construction. Two passes: the kept counts (one int per shard)
+        # plan the output shards, then each output shard's task computes its input partitions again
+        # (nothing kept in memory in between, unless the metadata comes fresh from a model).
+        kept = computed_once(self.metadata.map_partitions(_keep_rows, filter_column, meta=self.metadata._meta))
+        counts = [int(c) for c in kept.map_partitions(len, meta=pd.Series([], dtype="int64")).compute()]
+        n_shards, writes = output_shard_writes(kept, self.shards, counts, samples_per_shard, max_shards, finished,
+                                               fs_in, fs_out, write_root, self.id_col, old_id_col)
+        if not n_shards:
             logger.warning("to_webdataset: no row is kept; nothing written to %s", path)
         try:
-            results = dask.compute(*tasks)
+            results = list(writes.compute()) if writes.npartitions else []
         except BaseException:
             if write_root != out_root and fs_out.exists(write_root):  # the old output stays as it was
                 fs_out.rm(write_root, recursive=True)
@@ -242,7 +230,7 @@ class ImageTextPairDataset(SourceConstructors):
         return {
             "kept_rows": sum(counts),
             "written": sum(r["written"] for r in results),
-            "shards": len(plan),
+            "shards": n_shards,
             "skipped_shards": sorted(finished),
             "missing": missing,
         }
@@ -264,6 +252,20 @@ class ImageTextPairDataset(SourceConstructors):
     def _fs_for(self, path: str | None):
         fs, root = fsspec.core.url_to_fs(path or self.path, **self.storage_options)
         return fs, root.rstrip("/")
+
+
+def _warn_of_embeddings_as_text(metadata) -> None:
+    """A frame a user built with ``dd.from_pandas`` under dask's default string conversion holds its
+    embedding arrays as text (NeMo Curator 0.x switches the conversion off for the whole process on
+    import; we do not change a user's config): say so before it is written as truncated text."""
+    meta = getattr(metadata, "_meta", None)
+    if meta is None:
+        return
+    for column in (c for c in meta.columns if "embedding" in str(c)):
+        if pd.api.types.is_string_dtype(meta[column].dtype) and meta[column].dtype != object:
+            logger.warning("metadata column %r holds text, not numbers: dask converted its arrays to strings. "
+                           "Build the frame under dask.config.set({'dataframe.convert-string': False})",
+                           column)
 
 
 def _shard_name(tar_path: str | None, index: int) -> str:

@@ -1,13 +1,18 @@
 """``to_webdataset``'s work: cut the kept rows into output shards and write each one on a worker.
 
-The plan (:func:`plan_output_shards`) needs only each input shard's count of kept rows; each output
-shard's task (:func:`write_output_shard`) gets the input partitions and slices it writes and nothing
-else, so the graph grows linearly with the shards.
+The plan (:func:`plan_output_shards`) needs only each input shard's count of kept rows, a small
+aggregate computed first; each output shard's task (:func:`write_output_shard`, laid out by
+:func:`output_shard_writes`) gets the input partitions and slices it writes and nothing else, so the
+graph grows linearly with the shards. The kept rows are not kept in memory between the two passes:
+the writes compute their partitions again (re-reading the Parquet), unless the metadata comes
+fresh from a model (:func:`~nemo_aesthetic.engine.partitions.computed_once`).
 """
 from __future__ import annotations
 
 import logging
+import math
 import posixpath
+from typing import NamedTuple
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -16,7 +21,8 @@ from nemo_aesthetic import frames
 from nemo_aesthetic.atomic import atomic_open
 from nemo_aesthetic.datasets import provenance
 from nemo_aesthetic.datasets.shard_writer import TarShardWriter
-from nemo_aesthetic.datasets.shards import KeyIndex, ShardReadError
+from nemo_aesthetic.datasets.shards import KeyIndex, Shard, ShardReadError
+from nemo_aesthetic.engine.partitions import map_groups
 from nemo_aesthetic.retrying import with_retries
 
 logger = logging.getLogger(__name__)
@@ -42,6 +48,46 @@ def plan_output_shards(counts: list[int], samples_per_shard: int) -> list[list[t
     if current:
         plan.append(current)
     return plan
+
+
+class OutputShard(NamedTuple):
+    """What one output shard's task carries: its name, its first new id, and per input shard it
+    takes from, the shard and the ``(start, stop, last)`` slice of its kept rows."""
+
+    name: str
+    id_base: int
+    in_shards: list[Shard]
+    slices: list[tuple[int, int, bool]]
+
+
+def output_shard_writes(kept, shards: list[Shard], counts: list[int], samples_per_shard: int, max_shards: int,
+                        skip: set, fs_in, fs_out, out_root: str, id_col: str, old_id_col: str | None):
+    """``(number of output shards, a Series of one summary dict per output shard written)``.
+
+    ``kept`` holds partition i's kept rows (``counts[i]`` of them) for ``shards[i]``; output shards
+    named in ``skip`` are left out (a resumed run). One task per output shard, depending on its own
+    input partitions only.
+    """
+    plan = plan_output_shards(counts, samples_per_shard)
+    if len(plan) > 10**max_shards:
+        raise ValueError(f"{len(plan)} output shards do not fit in max_shards={max_shards} digits")
+    id_step = 10 ** math.ceil(math.log10(samples_per_shard))
+    id_width = max_shards + math.ceil(math.log10(samples_per_shard))
+    groups, jobs = [], []
+    for j, slices in enumerate(plan):
+        name = f"{j:0{max_shards}d}"
+        if name not in skip:
+            groups.append([i for i, _, _ in slices])
+            jobs.append(OutputShard(name, j * id_step, [shards[i] for i, _, _ in slices],
+                                    [(start, stop, stop == counts[i]) for i, start, stop in slices]))
+    writes = map_groups(_write_output_shard_task, kept, groups, jobs, fs_in, fs_out, out_root, id_width, id_col,
+                        old_id_col, meta=pd.Series([], dtype=object), label="write-output-shard")
+    return len(plan), writes
+
+
+def _write_output_shard_task(parts, job: OutputShard, fs_in, fs_out, out_root, id_width, id_col, old_id_col):
+    return pd.Series([write_output_shard(fs_in, job.in_shards, job.slices, parts, fs_out, out_root, job.name,
+                                         job.id_base, id_width, id_col, old_id_col)], dtype=object)
 
 
 def write_output_shard(fs_in, in_shards, slices, parts, fs_out, out_root, name, id_base, id_width,

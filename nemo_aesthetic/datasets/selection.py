@@ -12,7 +12,11 @@ partition with only small results coming back:
 
 Rows above it are kept, and of the rows equal to it only as many as make exactly k, the first
 ones in partition order, so the result is exact and deterministic. The score column is
-persisted on the workers for the passes (4 bytes per row, spread over the cluster).
+persisted on the workers for the passes (4 bytes per row, spread over the cluster); the marking
+pass reads the metadata again. On metadata fresh from the embedder, that would embed every image
+twice, so there the whole metadata is persisted once instead
+(:func:`~nemo_aesthetic.engine.partitions.computed_once`; the workers spill it to disk when it
+does not fit: at LAION scale, ``save_metadata`` first and select on the saved dataset).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from nemo_aesthetic import frames
-from nemo_aesthetic.engine.partitions import map_shards
+from nemo_aesthetic.engine.partitions import computed_once, map_shards
 
 #: Histogram bins of pass 2.
 BINS = 65536
@@ -47,6 +51,7 @@ def mark_top(metadata, score_column: str = "aesthetic_score", *, top_percent: fl
         raise ValueError(f"top_k must be >= 0, not {top_k}")
     if score_column not in metadata.columns:
         raise KeyError(f"no column {score_column!r} to select by; columns: {list(metadata.columns)}")
+    metadata = computed_once(metadata)  # embedded once, not once per pass
     scores = metadata[score_column].persist()
     positions = list(range(scores.npartitions))
     scored, low, high = dask.compute(scores.count(), scores.min(), scores.max())

@@ -37,7 +37,7 @@ def check_unique_ids(ddf, id_field: str) -> None:
     shuffled on the workers so that equal ids meet in one partition; only a few repeated ids (at
     most 5 per partition) reach the client."""
     ids = ddf[[id_field]]
-    shuffled = ids.shuffle(on=id_field, npartitions=max(1, ids.npartitions), shuffle_method=shuffle_method())
+    shuffled = ids.shuffle(on=id_field, npartitions=max(1, ids.npartitions), shuffle_method=SHUFFLE_METHOD)
     repeated = shuffled.map_partitions(_repeated_ids, id_field, meta=ids._meta).compute()
     if len(repeated):
         shown = frames.column_values(frames.to_host(repeated[id_field]).drop_duplicates().head(5))
@@ -45,14 +45,11 @@ def check_unique_ids(ddf, id_field: str) -> None:
                          "duplicate would also remove the other row with its id")
 
 
-def shuffle_method() -> str:
-    """Dask's peer-to-peer shuffle where the computation runs on a distributed cluster, else the
-    task shuffle (dask would pick p2p whenever a client exists, even under the synchronous
-    scheduler that ``--cluster sync`` sets, and p2p then fails for want of a worker)."""
-    from dask.base import get_scheduler
-
-    client = getattr(get_scheduler(), "__self__", None)
-    return "p2p" if type(client).__name__ == "Client" else "tasks"
+#: Dask's task-based shuffle for the narrow columns dedup moves (ids; per-row marks). Dask would pick
+#: its peer-to-peer shuffle whenever a client exists, which fails under the synchronous scheduler
+#: ``--cluster sync`` sets (no worker) and logs two WARNING lines per shuffle on a cluster; for a
+#: few narrow columns the task shuffle costs no more.
+SHUFFLE_METHOD = "tasks"
 
 
 def _repeated_ids(frame, id_field):

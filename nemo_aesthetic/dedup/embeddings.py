@@ -55,13 +55,34 @@ def partition_embeddings(frame, column: str, device: str | None = None, where: s
     tensor = torch.as_tensor(np.require(matrix, requirements="W")).to(device=device, dtype=torch.float32)
     valid = torch.as_tensor(np.asarray(valid.get() if hasattr(valid, "get") else valid, dtype=bool))  # CuPy -> host
     valid = valid.to(tensor.device)
-    finite = torch.isfinite(tensor).all(dim=1) if tensor.numel() else valid.clone()
-    norms = torch.linalg.vector_norm(torch.nan_to_num(tensor), dim=1) if tensor.numel() else valid.float()
+    finite, norms = _finite_rows_and_norms(tensor, valid)
     usable = valid & finite & (norms > 0)
     reasons = None
     if not bool(usable.all()):
         host_valid, host_finite = valid.cpu().numpy(), finite.cpu().numpy()
         reasons = [None if ok else NO_EMBEDDING if not v else NOT_FINITE if not f else ZERO_VECTOR
                    for ok, v, f in zip(usable.cpu().numpy(), host_valid, host_finite)]
-    vectors = tensor[usable] / norms[usable].unsqueeze(1) if tensor.ndim == 2 else tensor
+    if tensor.ndim != 2:
+        vectors = tensor
+    elif bool(usable.all()):  # the usual case: no row to drop, no copy to make for it
+        vectors = tensor / norms.unsqueeze(1)
+    else:
+        vectors = tensor[usable] / norms[usable].unsqueeze(1)
     return EmbeddingRows(vectors=vectors, usable=usable.cpu().numpy(), reasons=reasons or [None] * len(frame))
+
+
+def _finite_rows_and_norms(tensor, valid):
+    """(rows with only finite values, their L2 norms). The norms are computed once over all rows;
+    only rows whose norm is not finite (NaN/inf inside, or an overflow) are looked at again, so the
+    usual all-finite partition costs one pass, not three."""
+    import torch
+
+    if not tensor.numel():
+        return valid.clone(), valid.float()
+    norms = torch.linalg.vector_norm(tensor, dim=1)
+    finite = torch.ones_like(valid)
+    suspect = ~torch.isfinite(norms)
+    if bool(suspect.any()):
+        finite[suspect] = torch.isfinite(tensor[suspect]).all(dim=1)
+        norms[suspect] = torch.linalg.vector_norm(torch.nan_to_num(tensor[suspect]), dim=1)
+    return finite, norms

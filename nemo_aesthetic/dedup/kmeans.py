@@ -63,14 +63,15 @@ def _partial_sums(frame, column, centroids):
     rows = partition_embeddings(frame, column)
     c = torch.as_tensor(centroids, device=rows.vectors.device)
     k, d = c.shape
-    sums = torch.zeros((k, d), dtype=torch.float64, device=c.device)
+    sums = torch.zeros((k, d), dtype=torch.float32, device=c.device)
     counts = torch.zeros(k, dtype=torch.float64, device=c.device)
-    sse = torch.zeros(k, dtype=torch.float64, device=c.device)
-    if len(rows.vectors):
+    sse = torch.zeros(k, dtype=torch.float32, device=c.device)
+    if len(rows.vectors):  # float32 sums within a partition (unit rows), float64 across partitions
         labels, dist2 = _nearest(rows.vectors, c)
-        sums.index_add_(0, labels, rows.vectors.double())
-        counts.index_add_(0, labels, torch.ones_like(dist2, dtype=torch.float64))
-        sse.index_add_(0, labels, dist2.double())
+        sums.index_add_(0, labels, rows.vectors)
+        counts += torch.bincount(labels, minlength=k).double()
+        sse.index_add_(0, labels, dist2)
+    sums, sse = sums.double(), sse.double()
     out = pd.DataFrame(sums.cpu().numpy(), columns=[f"s{j}" for j in range(d)])
     out.insert(0, "sse", sse.cpu().numpy())
     out.insert(0, "count", counts.cpu().numpy())
@@ -181,8 +182,11 @@ def _held_on_workers(ddf):
     import dask.dataframe as dd
     from distributed import futures_of
 
+    from nemo_aesthetic.engine.partitions import keep_dtypes
+
     futures = futures_of(ddf.persist())
-    return dd.from_delayed(futures, meta=ddf._meta, verify_meta=False) if futures else ddf
+    with keep_dtypes():  # (the embeddings stay arrays)
+        return dd.from_delayed(futures, meta=ddf._meta, verify_meta=False) if futures else ddf
 
 
 def _keep_share(frame, fraction, seed, partition_info=None):

@@ -30,12 +30,12 @@ import uuid
 import numpy as np
 import pandas as pd
 
-from nemo_aesthetic.dedup.clusters import cluster_dirs, read_cluster, shuffle_method, write_clusters
+from nemo_aesthetic.dedup.clusters import SHUFFLE_METHOD, cluster_dirs, read_cluster, write_clusters
 from nemo_aesthetic.dedup.embeddings import partition_embeddings
 from nemo_aesthetic.dedup.kmeans import check_embeddings, fit_kmeans
 from nemo_aesthetic.dedup.pairwise import cluster_matches
 from nemo_aesthetic.dedup.ranking import RankingStrategy
-from nemo_aesthetic.engine.partitions import map_shards
+from nemo_aesthetic.engine.partitions import keep_dtypes, map_shards
 
 logger = logging.getLogger("nemo_aesthetic")
 
@@ -91,12 +91,13 @@ def mark_duplicates(metadata, id_col: str, embedding_col: str, eps: float, work_
         write_clusters(numbered, embedding_col, fitted.centroids, clusters_path, keep_columns=[ROW, id_col])
         specs = [files for _, files in cluster_dirs(clusters_path)]
         ranking = keeping_order(which_to_keep, random_state)
-        marks = dd.from_map(_cluster_marks, specs, meta=marks_meta, label="dedup-cluster-marks",
-                            enforce_metadata=False, id_col=id_col, embedding_col=embedding_col, eps=eps,
-                            ranking=ranking, batch_size=batch_size)
+        with keep_dtypes():
+            marks = dd.from_map(_cluster_marks, specs, meta=marks_meta, label="dedup-cluster-marks",
+                                enforce_metadata=False, id_col=id_col, embedding_col=embedding_col, eps=eps,
+                                ranking=ranking, batch_size=batch_size)
         # one partition per shard: divisions 0, 1, ..., n_shards put shard i's marks in partition i
         marks = marks.set_index("_shard", divisions=list(range(n_shards + 1)), sort=True,
-                                shuffle_method=shuffle_method()).clear_divisions()
+                                shuffle_method=SHUFFLE_METHOD).clear_divisions()
     marked = dd.map_partitions(_join_marks, metadata.clear_divisions(), *([marks] if marks is not None else []),
                                id_col=id_col, embedding_col=embedding_col, n_shards=n_shards,
                                meta=_marked_meta(metadata, id_col), align_dataframes=False,

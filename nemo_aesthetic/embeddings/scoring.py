@@ -14,15 +14,15 @@ import posixpath
 import time
 import warnings
 
-import dask
 import fsspec
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dask import delayed
 
 from nemo_aesthetic.atomic import atomic_open
 from nemo_aesthetic.distributed import load_object_on_worker
+from nemo_aesthetic.engine.partitions import from_shards, map_groups
 from nemo_aesthetic.embeddings.layouts import (
     EmbeddingFile,
     EmbeddingFileError,
@@ -102,24 +102,31 @@ def score_embeddings(embeddings: str, out: str, *, file_format: str = "npy", met
     targets = [posixpath.join(out_root, f"{f.name}.parquet") for f in files]
     done = _already_written(out_fs, targets, files, provenance)
 
-    tasks = []
+    # One task per row range (``rows_per_task``), then one write task per file taking its own
+    # ranges: a graph linear in files, each task carrying its own file only.
+    chunks, groups, writes = [], [], []
     for f, target in zip(files, targets):
         if target in done:
             continue
         source = (meta_fs, f.metadata) if file_format == "parquet_npy" else (fs, f.path) if file_format == "parquet" else None
         step = rows_per_task if file_format != "parquet" else max(f.count, 1)
-        parts = [delayed(_score_rows, pure=True)(fs, f, start, min(start + step, f.count), classifier,
-                                                 embedding_column, batch_rows)
-                 for start in range(0, max(f.count, 1), step)]
-        tasks.append(delayed(_write_scores, pure=True)(parts, f, source, columns, embedding_column, out_fs, target,
-                                                       provenance, batch_rows))
-    results = client.gather(client.compute(tasks)) if client is not None else dask.compute(*tasks)
+        starts = range(0, max(f.count, 1), step)
+        groups.append(range(len(chunks), len(chunks) + len(starts)))
+        chunks += [(f, start, min(start + step, f.count)) for start in starts]
+        writes.append((f, source, target))
+    results = []
+    if writes:
+        scored = from_shards(_score_chunk, chunks, fs=fs, classifier=classifier, embedding_column=embedding_column,
+                             batch_rows=batch_rows, meta=_SCORES_META, label="score-embeddings")
+        summaries = map_groups(_write_scores_task, scored, groups, writes, columns, embedding_column, out_fs,
+                               provenance, batch_rows, meta=pd.Series([], dtype=object), label="write-scores")
+        results = list(client.compute(summaries).result() if client is not None else summaries.compute())
     errors: dict[str, int] = {}
     for r in results:
         for reason, n in r["errors"].items():
             errors[reason] = errors.get(reason, 0) + n
     if done:
-        logger.info("score_embeddings: %d file(s) already written by this head, %d written", len(done), len(tasks))
+        logger.info("score_embeddings: %d file(s) already written by this head, %d written", len(done), len(writes))
     return {"written": [t for t in targets if t not in done], "skipped": [t for t in targets if t in done],
             "rows": sum(r["rows"] for r in results), "errors": errors}
 
@@ -139,6 +146,23 @@ def _already_written(fs, targets: list[str], files: list[EmbeddingFile], provena
 
     with ThreadPoolExecutor(32) as pool:
         return {t for t, ok in zip(targets, pool.map(complete, zip(targets, files))) if ok}
+
+
+_SCORES_META = pd.DataFrame({"score": np.zeros(0, np.float32), "code": np.zeros(0, np.uint8)})
+
+
+def _score_chunk(chunk, fs, classifier, embedding_column: str, batch_rows: int) -> pd.DataFrame:
+    """One task's rows: ``chunk`` is ``(file, start, stop)``."""
+    scores, codes = _score_rows(fs, *chunk, classifier, embedding_column, batch_rows)
+    return pd.DataFrame({"score": scores, "code": codes})
+
+
+def _write_scores_task(parts, write, columns, embedding_column: str, out_fs, provenance: str,
+                       batch_rows: int) -> pd.Series:
+    file, source, target = write
+    arrays = [(p["score"].to_numpy(np.float32), p["code"].to_numpy(np.uint8)) for p in parts]
+    return pd.Series([_write_scores(arrays, file, source, columns, embedding_column, out_fs, target, provenance,
+                                    batch_rows)], dtype=object)
 
 
 def _score_rows(fs, file: EmbeddingFile, start: int, stop: int, classifier, embedding_column: str,

@@ -27,8 +27,9 @@ import functools
 import uuid
 from typing import Any, Callable, Sequence
 
+import dask
 import dask.dataframe as dd
-from dask._task_spec import Task, TaskRef
+from dask._task_spec import List, Task, TaskRef
 from dask.dataframe.dask_expr._collection import new_collection
 from dask.dataframe.dask_expr._expr import Expr
 from dask.tokenize import tokenize
@@ -37,20 +38,25 @@ from dask.utils import funcname
 
 def from_shards(read: Callable, specs: Sequence[Any], *, meta, label: str, **kwargs) -> dd.DataFrame:
     """One partition per spec: ``read(spec, **kwargs)`` on a worker (``dd.from_map``, whose partition
-    selection picks the specs themselves, so a subset still reads the right shards)."""
-    return dd.from_map(read, list(specs), meta=meta, label=label, enforce_metadata=False, **kwargs)
+    selection picks the specs themselves, so a subset still reads the right shards).
+
+    The partitions come out with the dtypes ``read`` gives them (and ``meta`` says): see
+    :func:`keep_dtypes`."""
+    with keep_dtypes():
+        return dd.from_map(read, list(specs), meta=meta, label=label, enforce_metadata=False, **kwargs)
 
 
-class _MapShards(Expr):
-    """``func(partition i, specs[i], *args, **kwargs)`` for each partition of ``frame``.
+def keep_dtypes():
+    """Build a collection (``dd.from_map``, ``from_delayed``, ``from_pandas``) whose partitions keep the
+    dtypes they have: dask's string conversion is switched off for that collection only (it would
+    turn object columns of embedding arrays into text), never in the user's own config (NeMo Curator
+    0.x switched it off for the whole process on import)."""
+    return dask.config.set({"dataframe.convert-string": False})
 
-    Not a Blockwise expression, on purpose: dask pushes a partition selection through Blockwise
-    steps by renumbering their input, which would pair a selected partition with the spec of its
-    new position. Selecting partitions of this expression takes its own tasks instead, each still
-    paired with its own spec.
-    """
 
-    _parameters = ["frame", "func", "specs", "meta", "args", "kwargs", "label", "token"]
+class _SpecTasks(Expr):
+    """Tasks of ``func`` over partitions of ``frame``, each with its own spec: named by ``label`` and
+    ``token``, with the given ``meta``; column projections stop here (func may need any column)."""
 
     @functools.cached_property
     def _name(self) -> str:
@@ -59,6 +65,22 @@ class _MapShards(Expr):
     @functools.cached_property
     def _meta(self):
         return self.operand("meta")
+
+    def _simplify_up(self, parent, dependents):
+        return None
+
+
+class _MapShards(_SpecTasks):
+    """``func(partition i, specs[i], *args, **kwargs)`` for each partition of ``frame``.
+
+    Not a Blockwise expression, on purpose: dask pushes a partition selection through Blockwise
+    steps by renumbering their input, which would pair a selected partition with the spec of its
+    new position. Selecting partitions of this expression takes its own tasks instead, each still
+    paired with its own spec.
+    """
+
+    _parameters = ["frame", "func", "specs", "meta", "args", "kwargs", "label", "token", "costly"]
+    _defaults = {"costly": False}
 
     def _divisions(self):
         return (None,) * (self.frame.npartitions + 1)
@@ -69,27 +91,72 @@ class _MapShards(Expr):
         return {(name, i): Task((name, i), _apply, func, TaskRef((parent, i)), spec, args, kwargs)
                 for i, spec in enumerate(specs)}
 
-    def _simplify_up(self, parent, dependents):
-        return None  # column projections stop here: func may need any column
-
 
 def _apply(func, partition, spec, args, kwargs):
     return func(partition, spec, *args, **kwargs)
 
 
 def map_shards(func: Callable, frame: dd.DataFrame, specs: Sequence[Any], *args, meta, label: str | None = None,
-               token: str | None = None, **kwargs) -> dd.DataFrame:
+               token: str | None = None, costly: bool = False, **kwargs) -> dd.DataFrame:
     """``func(partition, spec, *args, **kwargs)`` for partition ``i`` of ``frame`` and ``specs[i]``.
 
     One task per partition; each carries its own spec, so the graph grows linearly in partitions
     and stays correct for any partition subset a user computes. ``meta`` is the result's empty
     frame. ``token`` names the result (default: random, as ``delayed(pure=False)``: hashing the
     function and its arguments would make the driver pickle large objects such as an embedder).
+    ``costly=True`` marks a step worth not running twice (a model's forward): see :func:`computed_once`.
     """
     specs = list(specs)
     if len(specs) != frame.npartitions:
         raise ValueError(f"{len(specs)} specs for {frame.npartitions} partitions: partition i must be spec i "
                          "(do not repartition the metadata)")
     label = label or funcname(func).replace("_", "-").strip("-")
-    expr = _MapShards(frame.expr, func, specs, meta, tuple(args), dict(kwargs), label, token or uuid.uuid4().hex)
+    expr = _MapShards(frame.expr, func, specs, meta, tuple(args), dict(kwargs), label, token or uuid.uuid4().hex,
+                      costly)
     return new_collection(expr)
+
+
+class _MapGroups(_SpecTasks):
+    """``func([partitions i of group j], specs[j], *args, **kwargs)``: one task per group, which
+    depends on its own partitions only and carries its own spec only."""
+
+    _parameters = ["frame", "func", "groups", "specs", "meta", "args", "kwargs", "label", "token"]
+
+    def _divisions(self):
+        return (None,) * (len(self.operand("groups")) + 1)
+
+    def _layer(self) -> dict:
+        func, groups, specs, args, kwargs = (self.operand(k) for k in ("func", "groups", "specs", "args", "kwargs"))
+        name, parent = self._name, self.frame._name
+        return {(name, j): Task((name, j), _apply, func, List(*(TaskRef((parent, i)) for i in group)), spec,
+                                args, kwargs)
+                for j, (group, spec) in enumerate(zip(groups, specs))}
+
+
+def map_groups(func: Callable, frame: dd.DataFrame, groups: Sequence[Sequence[int]], specs: Sequence[Any], *args,
+               meta, label: str, **kwargs) -> dd.DataFrame:
+    """One partition per group: ``func([partition i for i in groups[j]], specs[j], *args, **kwargs)``.
+
+    For steps whose output partitions gather several input partitions (``to_webdataset``'s output
+    shards take slices of several input shards): task j names its own input partitions and carries
+    its own spec, so the graph stays linear; an input partition two groups share is computed once.
+    """
+    groups, specs = [tuple(g) for g in groups], list(specs)
+    if len(groups) != len(specs):
+        raise ValueError(f"{len(groups)} groups for {len(specs)} specs")
+    expr = _MapGroups(frame.expr, func, groups, specs, meta, tuple(args), dict(kwargs), label, uuid.uuid4().hex)
+    return new_collection(expr)
+
+
+def computed_once(frame: dd.DataFrame) -> dd.DataFrame:
+    """``frame`` persisted when its graph runs a costly step (:func:`map_shards` ``costly=True``: the
+    embedder), else ``frame`` itself.
+
+    For a step that passes over the data twice (a small aggregate first, then the work that needs
+    it): reading Parquet twice costs little and keeps nothing in the cluster's memory, but
+    embedding every image twice would double the job; a persisted frame is read from memory (and
+    spilled to disk by the workers when it does not fit).
+    """
+    if any(isinstance(e, _MapShards) and e.operand("costly") for e in frame.expr.walk()):
+        return frame.persist()
+    return frame

@@ -148,8 +148,13 @@ def test_string_ids_match_zero_padded_members_by_value(tmp_path):
     assert [jpgs[f"{new}.jpg"] for new in written["id"]] == [images[0], images[2]]
 
 
-def test_user_built_metadata_keeps_embeddings_as_numbers(tmp_path):
-    """dd.from_pandas over object columns of arrays: saved as lists of floats, not strings."""
+def test_user_built_metadata_keeps_embeddings_as_numbers(tmp_path, caplog):
+    """dd.from_pandas over object columns of arrays, built with dask's string conversion off (NeMo
+    Curator 0.x switches it off for the whole process on import; we leave the user's config alone):
+    saved as lists of floats, not strings. Built with dask's default, dask itself has turned them
+    into text: the dataset says so when it is made, naming the fix."""
+    import dask
+
     from nemo_aesthetic.datasets import ImageTextPairDataset
 
     root = tmp_path / "ds"
@@ -157,12 +162,19 @@ def test_user_built_metadata_keeps_embeddings_as_numbers(tmp_path):
     with tarfile.open(root / "00000.tar", "w") as tar:
         add_member(tar, "000000000.jpg", image_bytes(0))
     emb = [np.linspace(0, 1, 768, dtype=np.float32)]
-    metadata = dd.from_pandas(pd.DataFrame({"key": ["000000000"], "image_embedding": emb}), npartitions=1)
+    with dask.config.set({"dataframe.convert-string": False}):
+        metadata = dd.from_pandas(pd.DataFrame({"key": ["000000000"], "image_embedding": emb}), npartitions=1)
     ds = ImageTextPairDataset(str(root), metadata, [str(root / "00000.tar")], "key")
     ds.save_metadata(str(tmp_path / "meta"))
     saved = pq.read_table(tmp_path / "meta" / "00000.parquet")
     assert saved.schema.field("image_embedding").type.value_type == "float"
     np.testing.assert_array_equal(np.asarray(saved["image_embedding"][0].as_py(), np.float32), emb[0])
+
+    with dask.config.set({"dataframe.convert-string": True}):
+        as_text = dd.from_pandas(pd.DataFrame({"key": ["000000000"], "image_embedding": emb}), npartitions=1)
+    with caplog.at_level("WARNING"):
+        ImageTextPairDataset(str(root), as_text, [str(root / "00000.tar")], "key")
+    assert "image_embedding" in caplog.text and "convert-string" in caplog.text
 
 
 def _legacy_style_embedder(classifiers):

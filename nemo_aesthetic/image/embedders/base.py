@@ -139,7 +139,7 @@ class ImageEmbedder(ABC):
             raise ValueError(f"metadata has {dataset.metadata.npartitions} partitions for {len(dataset.shards)} "
                              "shards; partition i must stay shard i (do not repartition before embedding)")
         metadata = map_shards(self._embed_partition, dataset.metadata, dataset.shards, dataset.id_col,
-                              dataset.storage_options, meta=meta, label="embed-shard")
+                              dataset.storage_options, meta=meta, label="embed-shard", costly=True)
         return ImageTextPairDataset(dataset.path, metadata, dataset.tar_files, dataset.id_col,
                                     shards=dataset.shards, storage_options=dataset.storage_options)
 

@@ -13,6 +13,7 @@ import numpy as np
 from nemo_aesthetic.datasets.doc_dataset import DocumentDataset
 from nemo_aesthetic.dedup.clusters import absolute, check_unique_ids, cluster_dirs, read_cluster, write_clusters
 from nemo_aesthetic.dedup.kmeans import fit_kmeans
+from nemo_aesthetic.engine.partitions import keep_dtypes
 
 logger = logging.getLogger("nemo_aesthetic")
 
@@ -73,8 +74,9 @@ class ClusteringModel:
         meta = read_cluster(dirs[0][1][:1], columns).iloc[:0] if dirs else None
         if meta is None:
             return DocumentDataset(df.head(0, compute=False) if hasattr(df, "head") else df)
-        clusters = dd.from_map(_read_one_cluster, dirs, columns=columns, meta=meta.assign(nearest_cent=np.int32(0)),
-                               enforce_metadata=False)
+        with keep_dtypes():  # (the embeddings stay arrays)
+            clusters = dd.from_map(_read_one_cluster, dirs, columns=columns,
+                                   meta=meta.assign(nearest_cent=np.int32(0)), enforce_metadata=False)
         return DocumentDataset(clusters)
 
 

@@ -19,6 +19,7 @@ from nemo_aesthetic import frames
 from nemo_aesthetic.datasets.doc_dataset import DocumentDataset
 from nemo_aesthetic.dedup.clusters import absolute, cluster_dirs, read_cluster, write_cluster_matches
 from nemo_aesthetic.dedup.ranking import RankingStrategy
+from nemo_aesthetic.engine.partitions import keep_dtypes
 
 _logger = logging.getLogger("nemo_aesthetic")
 
@@ -80,8 +81,10 @@ class SemanticClusterLevelDedup:
         if first is None:
             raise FileNotFoundError(f"no clustered rows under {self.emb_by_clust_dir}")
         meta = _empty_prune(first, self.id_col)
-        removed = dd.from_map(_prune_cluster, clusters, id_col=self.id_col, tables=self.semdedup_pruning_tables_dir,
-                              eps=eps_to_extract, meta=meta, like=meta, enforce_metadata=False)
+        with keep_dtypes():
+            removed = dd.from_map(_prune_cluster, clusters, id_col=self.id_col,
+                                  tables=self.semdedup_pruning_tables_dir, eps=eps_to_extract, meta=meta, like=meta,
+                                  enforce_metadata=False)
         if os.path.exists(path):
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         removed.to_parquet(path, write_index=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Iterable, Iterator
 
+from nemo_aesthetic.progress import current_shard_progress
 from nemo_aesthetic.models.clip import DEFAULT_TIMM_MODEL, CLIPImageEmbeddings, embed_image_batches
 from nemo_aesthetic.stages.base import logger
 from nemo_aesthetic.stages.image.base import ImageModelStage
@@ -73,5 +74,5 @@ class ImageEmbeddingStage(ImageModelStage):
         def drop(task: ImageBatch, image, reason: str) -> None:
             task.drop(image.image_id, reason, self.name, image.image_path)
 
-        yield from embed_image_batches(self.model, tasks, self.model_inference_batch_size, drop,
-                                       getattr(self, "progress", None), embedded)
+        tracker = current_shard_progress() or getattr(self, "progress", None)  # this partition's, on the executor
+        yield from embed_image_batches(self.model, tasks, self.model_inference_batch_size, drop, tracker, embedded)
