@@ -38,14 +38,17 @@ def schema_and_rows(fs: fsspec.AbstractFileSystem, shards: list[Shard], id_col: 
     ``rows`` is the files' total row count (from the same footers: progress needs no second read).
 
     The footers are read once, on the workers (the active distributed client, else local
-    threads): one task per :data:`FOOTERS_PER_TASK` files, their schemas merged by a tree
+    threads; local threads for a ``memory://`` filesystem, which other processes do not see): one task per :data:`FOOTERS_PER_TASK` files, their schemas merged by a tree
     reduction, so the driver holds one schema, not one per shard.
     """
     import dask
     import dask.bag as db
 
     paths = [s.parquet for s in shards]
-    scheduler = None if dask.config.get("scheduler", None) else "threads"  # a bag's default is processes
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    in_process = "memory" in protocols  # a memory:// filesystem exists in this process only
+    # a bag's default scheduler is processes: local threads unless a client (or the user) chose one
+    scheduler = None if dask.config.get("scheduler", None) and not in_process else "threads"
     bag = db.from_sequence(paths, partition_size=FOOTERS_PER_TASK)
     merged = bag.reduction(functools.partial(_footers, fs, id_col), _merge_all, split_every=32,
                            name="read-footers").compute(scheduler=scheduler)
