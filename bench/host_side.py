@@ -13,7 +13,12 @@ one, a ratio against a baseline measured in the same run:
   one-image-at-a-time retry vs halving (decode calls per batch and images/s).
 * JPEG structure check (``jpeg_header`` + ``device_decodable``): microseconds per image.
 * progressive JPEGs (go to PIL): PIL-path images/s per thread vs baseline JPEGs on the tensor path.
-* tar parsing: ``iter_samples`` samples/s and microseconds per sample (3 members per sample).
+* tar parsing: samples/s and microseconds per sample (3 members per sample) of ``iter_samples``
+  against the reader before issue 22 item 10 (tarfile's stream mode, ``tests/stream_mode_reader.py``),
+  runs interleaved, and what each would take of one core at 3,000 samples/s.
+* prep with parsing overlapped: the tensor path's prep (2 prep threads) fed by a reader thread
+  parsing the shard (``prefetch``, as the embedders read), with each reader; the same prep from
+  bytes already in memory is the ceiling.
 
 Usage: python bench/host_side.py [--images 96] [--repeat 3]
 """
@@ -27,15 +32,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import fsspec
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from factory import oversampled, web_photo  # noqa: E402
 
+from stream_mode_reader import stream_mode_samples  # noqa: E402
+
 from nemo_aesthetic.datasets.shards import iter_samples  # noqa: E402
 from nemo_aesthetic.image.jpeg_markers import device_decodable, jpeg_header  # noqa: E402
 from nemo_aesthetic.image.preprocess import cpu_transform, make_preprocessor  # noqa: E402
 from nemo_aesthetic.image.tensor_preprocess import DeviceBatchPreprocessor, TensorBatchPreprocessor  # noqa: E402
+from nemo_aesthetic.prefetch import prefetch  # noqa: E402
 
 BATCH = 32
 
@@ -139,21 +148,70 @@ def main(argv=None):
           f"x{(m / t_pil) / results['prep']:.2f} of the tensor path per thread")
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "shard.tar"
-        with tarfile.open(path, "w") as tar:
-            for i, data in enumerate(photos * 4):
-                for ext, payload in (("jpg", data), ("txt", b"a caption"), ("json", b'{"key": 1}')):
-                    info = tarfile.TarInfo(f"{i:08d}.{ext}")
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-        import fsspec
+        tar_path = write_shard(Path(tmp) / "shard.tar", photos * 4)
+        tar_parsing(tar_path, 4 * n, args.repeat)
+        parsing_overlapped(tar_path, batcher, 4 * n, args.repeat)
 
-        fs = fsspec.filesystem("file")
-        samples = 4 * n
-        t = best(lambda: sum(1 for _ in iter_samples(fs, str(path))), args.repeat)
-        print(f"tar parsing (iter_samples):                  {samples / t:8.1f} samples/s, "
-              f"{t / samples * 1e6:6.1f} us/sample")
 
+def write_shard(path: Path, images: list[bytes]) -> Path:
+    """img2dataset's members per sample: the image, its caption, its json."""
+    with tarfile.open(path, "w") as tar:
+        for i, data in enumerate(images):
+            for ext, payload in (("jpg", data), ("txt", b"a caption"), ("json", b'{"key": 1}')):
+                info = tarfile.TarInfo(f"{i:08d}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+READERS = (("stream mode (before)", stream_mode_samples), ("iter_samples (now)", iter_samples))
+
+
+def tar_parsing(path: Path, samples: int, repeat: int) -> None:
+    """Samples/s of each reader, runs interleaved; the old reader (tarfile's stream mode) is the baseline."""
+    fs = fsspec.filesystem("file")
+    times: dict = {name: [] for name, _ in READERS}
+    for _ in range(max(repeat, 3)):
+        for name, reader in READERS:
+            times[name].append(best(lambda reader=reader: sum(1 for _ in reader(fs, str(path))), 1))
+    base = min(times[READERS[0][0]])
+    for name, _ in READERS:
+        t = min(times[name])
+        print(f"tar parsing, {name:22s} {samples / t:8.1f} samples/s, {t / samples * 1e6:6.1f} us/sample"
+              f"   x{base / t:.2f} vs stream mode; at 3,000 samples/s: {3000 * t / samples:.2f} of a core")
+
+
+def parsing_overlapped(path: Path, batcher, samples: int, repeat: int) -> None:
+    """The tensor path's prep (2 prep threads) fed by a reader thread parsing the shard, as the
+    embedders read it (``prefetch``); prep from bytes already in memory is the ceiling."""
+    fs = fsspec.filesystem("file")
+    images = [s.members[0][2] for s in iter_samples(fs, str(path))]
+
+    def prep(items) -> None:
+        with DeviceBatchPreprocessor(batcher, threads=2, prep_threads=2) as pool:
+            waits, chunk = [], []
+            for data in items:
+                chunk.append(data)
+                if len(chunk) == BATCH:
+                    waits.append(pool.start(chunk))
+                    chunk = []
+                if len(waits) > 2:
+                    waits.pop(0)()
+            waits += [pool.start(chunk)] if chunk else []
+            for wait in waits:
+                wait()
+
+    cases = [("bytes in memory (ceiling)", lambda: images)] + [
+        (f"parsed by {name}", lambda reader=reader: (s.members[0][2] for s in prefetch(
+            reader(fs, str(path)), depth=64, name="shard-reader"))) for name, reader in READERS]
+    times: dict = {name: [] for name, _ in cases}
+    for _ in range(repeat):
+        for name, items in cases:
+            times[name].append(best(lambda items=items: prep(items()), 1))
+    ceiling = min(times[cases[0][0]])
+    for name, _ in cases:
+        t = min(times[name])
+        print(f"prep with parsing overlapped, {name:32s} {samples / t:8.1f} images/s   x{ceiling / t:.2f} of the ceiling")
 
 if __name__ == "__main__":
     main()
