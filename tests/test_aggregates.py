@@ -1,6 +1,6 @@
 """Summaries and reports computed on the workers (report.aggregates, report.summary): the same
 numbers and grids as over every row gathered on the driver, merged by a tree, reading only the
-columns they need."""
+columns they need; and opening a dataset reads its footers on the workers, once."""
 from __future__ import annotations
 
 import dask
@@ -152,3 +152,23 @@ def test_report_reads_only_its_columns_not_the_embeddings(tmp_path, monkeypatch)
     assert sum(read) >= on_disk * 0.9
     passes = 3  # counts, one quantile pass, the threshold pass
     assert pruned < passes * on_disk * 0.1, (pruned, on_disk)
+
+
+def test_footers_are_read_on_the_workers_once_and_progress_reuses_their_row_count(tmp_path, cpu_client,
+                                                                                  monkeypatch):
+    from nemo_aesthetic.cli.console import count_rows
+
+    rows = write_scored_shards(tmp_path / "ds", n_shards=6, rows=10)
+    on_driver = []
+    real = pq.ParquetFile
+
+    def spy(*args, **kwargs):  # this process only: the workers are other processes
+        on_driver.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pq, "ParquetFile", spy)
+    dataset = ImageTextPairDataset.from_webdataset(str(tmp_path / "ds"))
+    assert dataset.footer_rows == len(rows) == count_rows(dataset)
+    assert on_driver == []  # neither the schema nor the row count read a footer here
+    assert list(dataset.metadata.columns) == ["key", "caption", "aesthetic_score", "error"]
+    assert len(dataset.metadata.compute()) == len(rows)

@@ -208,8 +208,12 @@ class ImageTextPairDataset(SourceConstructors):
         # partition i = shard i by construction. Two passes: the kept counts (one int per shard)
         # plan the output shards, then each output shard's task computes its input partitions again
         # (nothing kept in memory in between, unless the metadata comes fresh from a model).
-        kept = computed_once(self.metadata.map_partitions(_keep_rows, filter_column, meta=self.metadata._meta))
-        counts = [int(c) for c in kept.map_partitions(len, meta=pd.Series([], dtype="int64")).compute()]
+        kept = self.metadata.map_partitions(_keep_rows, filter_column, meta=self.metadata._meta)
+        held = computed_once(kept)
+        # The counts read only the filter column where the metadata is read from Parquet.
+        counted = held if held is not kept else self.metadata[filter_column]
+        counts = [int(c) for c in counted.map_partitions(_count_kept, meta=pd.Series([], dtype="int64")).compute()]
+        kept = held
         n_shards, writes = output_shard_writes(kept, self.shards, counts, samples_per_shard, max_shards, finished,
                                                fs_in, fs_out, write_root, self.id_col, old_id_col)
         if not n_shards:
@@ -323,6 +327,13 @@ def _complete_parquets(fs, paths: list[str], columns: set) -> set:
 
     with ThreadPoolExecutor(16) as pool:
         return {p for p, ok in zip(paths, pool.map(complete, paths)) if ok}
+
+
+def _count_kept(part) -> pd.Series:
+    """How many rows :func:`_keep_rows` keeps, from the filter column alone (or the kept rows)."""
+    if isinstance(part, pd.Series) or not hasattr(part, "columns"):
+        return pd.Series([int(part.fillna(False).astype(bool).sum())], dtype="int64")
+    return pd.Series([len(part)], dtype="int64")
 
 
 def _keep_rows(df, filter_column: str):

@@ -38,14 +38,17 @@ def schema_and_rows(fs: fsspec.AbstractFileSystem, shards: list[Shard], id_col: 
     ``rows`` is the files' total row count (from the same footers: progress needs no second read).
 
     The footers are read once, on the workers (the active distributed client, else local
-    threads): one task per :data:`FOOTERS_PER_TASK` files, their schemas merged by a tree
+    threads; local threads for a ``memory://`` filesystem, which other processes do not see): one task per :data:`FOOTERS_PER_TASK` files, their schemas merged by a tree
     reduction, so the driver holds one schema, not one per shard.
     """
     import dask
     import dask.bag as db
 
     paths = [s.parquet for s in shards]
-    scheduler = None if dask.config.get("scheduler", None) else "threads"  # a bag's default is processes
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    in_process = "memory" in protocols  # a memory:// filesystem exists in this process only
+    # a bag's default scheduler is processes: local threads unless a client (or the user) chose one
+    scheduler = None if dask.config.get("scheduler", None) and not in_process else "threads"
     bag = db.from_sequence(paths, partition_size=FOOTERS_PER_TASK)
     merged = bag.reduction(functools.partial(_footers, fs, id_col), _merge_all, split_every=32,
                            name="read-footers").compute(scheduler=scheduler)
@@ -105,15 +108,22 @@ class _Footers:
 
 
 def _footers(fs, id_col: str, paths) -> _Footers:
-    """The batch's footers merged; read by a few threads at once (an object store's latency overlaps)."""
+    """The batch's footers merged; read by a few threads at once (an object store's latency
+    overlaps). Shards mostly share one schema: each distinct schema is unified once, in the order
+    first seen (so the columns keep their order and the first file of each type)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(8) as pool:
-        return _merge_all(list(pool.map(functools.partial(_footer, fs, id_col), list(paths))))
+        footers = list(pool.map(functools.partial(_footer, fs, id_col), list(paths)))
+    first_file: dict = {}
+    for path, schema, rows in footers:
+        first_file.setdefault((schema, rows > 0), path)
+    merged = _merge_all([_one_footer(path, schema, int(has_rows)) for (schema, has_rows), path in first_file.items()])
+    return dataclasses.replace(merged, rows=sum(rows for _, _, rows in footers))
 
 
-def _footer(fs, id_col: str, path: str) -> _Footers:
-    import pyarrow as pa
+def _footer(fs, id_col: str, path: str):
+    """``(path, schema, rows)`` of one file's footer."""
     import pyarrow.parquet as pq
 
     from nemo_aesthetic.retrying import with_retries
@@ -129,6 +139,12 @@ def _footer(fs, id_col: str, path: str) -> _Footers:
         raise ValueError(f"cannot read metadata file {path}: {type(exc).__name__}: {exc}") from exc
     if id_col not in schema.names:
         raise KeyError(f"id_col {id_col!r} is not a column of {path}; columns: {schema.names}")
+    return path, schema, rows
+
+
+def _one_footer(path: str, schema, rows: int) -> _Footers:
+    import pyarrow as pa
+
     typed = schema if rows else pa.schema([(f.name, pa.null()) for f in schema])
     return _Footers(_Unified(typed, {f.name: (f.type, path) for f in typed}),
                     _Unified(schema, {f.name: (f.type, path) for f in schema}), rows)
