@@ -80,6 +80,8 @@ def dask_client(cluster: str, scheduler_file: str | None, workers: int | None, n
         # results are already written by then, so that message is only noise here.
         nanny = logging.getLogger("distributed.nanny")
         nanny.setLevel(logging.ERROR)
+        if started is not None:
+            _quiet_worker_teardown(client)
         client.close()
         if started is not None:
             started.close()
@@ -105,6 +107,20 @@ def _silenced_on_interrupt():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _quiet_worker_teardown(client) -> None:
+    """Before closing a cluster the command started, silence its workers' own teardown noise.
+
+    Closing races the workers' heartbeats and running tasks: a worker logs "Failed to communicate
+    with scheduler during heartbeat" with a traceback, or "Async instruction ... ended with
+    CancelledError" for a task cancelled by Ctrl-C. The results are written (or the run was
+    interrupted on purpose) by then, so those lines only bury the command's own last line. Only
+    for a cluster we started: a user's scheduler keeps its logging."""
+    try:
+        client.run(quiet_teardown, on_error="ignore")
+    except Exception as exc:  # the workers may already be gone; closing goes on regardless
+        logger.debug("could not quiet the workers' teardown: %s", exc)
 
 
 def quiet_teardown() -> None:
