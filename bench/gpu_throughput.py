@@ -117,16 +117,24 @@ def forward_only(model, device: str, batch: int, seconds: float) -> float:
     """img/s of the model alone, fed as the pipeline feeds it (bf16 weights + autocast on CUDA)."""
     cuda = device.startswith("cuda")
     x = torch.randn(batch, 3, 224, 224, device=device, dtype=torch.bfloat16 if cuda else torch.float32)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+    return images_per_second(model, x, device, seconds, torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda))
+
+
+def images_per_second(model, x, device: str, seconds: float, autocast=None) -> float:
+    """img/s of ``model(x)`` called for ``seconds`` after 3 warm-up calls, the device synchronised
+    before the clock starts and before it stops (the one timing loop of both GPU benches)."""
+    import contextlib
+
+    with torch.inference_mode(), (autocast or contextlib.nullcontext()):
         for _ in range(3):
             model(x)
         sync(device)
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             model(x)
-            n += batch
+            n += len(x)
         sync(device)
-    return n / (time.perf_counter() - start)
+        return n / (time.perf_counter() - start)
 
 
 class GpuBusy:

@@ -188,22 +188,14 @@ def matmul_tflops(dev: str, n: int = 8192, seconds: float = 1.5) -> float:
 
 
 def forward_rate(model, dev, batch: int, seconds: float, dtype=None, autocast=None, channels_last=False) -> float:
+    import gpu_throughput
     import torch
 
     x = torch.randn(batch, 3, 224, 224, device=dev, dtype=dtype or torch.float32)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     ac = torch.autocast("cuda", dtype=autocast) if (autocast and dev.startswith("cuda")) else contextlib.nullcontext()
-    with torch.inference_mode(), ac:
-        for _ in range(3):
-            model(x)
-        sync(dev)
-        n, t = 0, time.perf_counter()
-        while time.perf_counter() - t < seconds:
-            model(x)
-            n += batch
-        sync(dev)
-        return n / (time.perf_counter() - t)
+    return gpu_throughput.images_per_second(model, x, dev, seconds, ac)
 
 
 def sec_forward(ctx):
