@@ -14,7 +14,7 @@ import posixpath
 
 from nemo_aesthetic.cli import common
 from nemo_aesthetic.cli.cluster import dask_client
-from nemo_aesthetic.cli.options import PROG, UsageError, add_run_options, positive_int
+from nemo_aesthetic.cli.options import PROG, UsageError, add_id_option, add_run_options, positive_int
 
 logger = logging.getLogger("nemo_aesthetic.cli")
 
@@ -50,7 +50,7 @@ def add_parser(sub) -> None:
     dedup.add_argument("--out", metavar="DIR", default=None,
                        help="write the Parquet files here instead of over PATH's (they record where the images "
                             "are, so 'filter DIR' and 'report DIR' find them)")
-    dedup.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
+    add_id_option(dedup)
     add_run_options(dedup, "cpu")
     dedup.set_defaults(func=run)
 

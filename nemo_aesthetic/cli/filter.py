@@ -9,7 +9,7 @@ import logging
 import sys
 
 from nemo_aesthetic.cli import common
-from nemo_aesthetic.cli.options import (FILTER_COLUMN, PROG, SCORE_COLUMN, UsageError, add_quiet_option,
+from nemo_aesthetic.cli.options import (FILTER_COLUMN, PROG, SCORE_COLUMN, UsageError, add_id_option, add_quiet_option,
                                         positive_int, score_number)
 
 DUPLICATE_OF = "duplicate_of"  # = nemo_aesthetic.dedup.marking.DUPLICATE_OF (not imported: --help stays quick)
@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
                            "interrupted run of the same filter (keeps complete output shards)")
     filt.add_argument("--samples-per-shard", metavar="N", type=positive_int, default=10000,
                       help="samples per output shard (default: 10000)")
-    filt.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
+    add_id_option(filt)
     add_quiet_option(filt, "no log lines and no progress bar")
     filt.set_defaults(func=run, filter_parser=filt)
 

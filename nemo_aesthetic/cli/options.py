@@ -113,6 +113,11 @@ def add_head_options(p, v1_help: str) -> None:
                         "$NEMO_AESTHETIC_HOME, else ~/.cache/nemo_aesthetic, downloaded there if absent and online)")
 
 
+def add_id_option(p: argparse.ArgumentParser) -> None:
+    """``--id-col``: every command that reads a dataset's metadata names its id column the same way."""
+    p.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
+
+
 def add_run_options(p: argparse.ArgumentParser, cluster_default: str) -> None:
     g = p.add_argument_group("cluster")
     g.add_argument("--cluster", type=cluster_address, default=cluster_default, metavar="cpu|gpu|sync|ADDRESS",

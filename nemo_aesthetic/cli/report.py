@@ -6,7 +6,7 @@ import os
 import sys
 
 from nemo_aesthetic.cli import common
-from nemo_aesthetic.cli.options import PROG, UsageError, add_quiet_option, positive_int
+from nemo_aesthetic.cli.options import PROG, UsageError, add_id_option, add_quiet_option, positive_int
 
 
 def add_parser(sub) -> None:
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
                      help="the score to mark, as 'filter --threshold T' would keep >= T (default: the median score)")
     rep.add_argument("--top", metavar="N", type=positive_int, default=20,
                      help="images in each grid: top N, bottom N, N around the threshold (default: 20)")
-    rep.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
+    add_id_option(rep)
     add_quiet_option(rep, "no log lines")
     rep.set_defaults(func=run)
 

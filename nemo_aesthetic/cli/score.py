@@ -7,7 +7,7 @@ import tempfile
 from nemo_aesthetic.cli import common
 from nemo_aesthetic.cli.cluster import dask_client
 from nemo_aesthetic.cli.options import (LOCAL_CLUSTERS, SCORE_COLUMN, UsageError,
-                                        add_model_options, add_run_options)
+                                        add_id_option, add_model_options, add_run_options)
 from nemo_aesthetic.report.aggregates import score_summary  # counts and quantiles on the workers
 
 logger = logging.getLogger("nemo_aesthetic.cli")
@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
     score.add_argument("--image-column", metavar="COL", default=None,
                        help="Parquet PATH: the column holding the image bytes (default: jpg/png/webp, or a "
                             "{bytes, path} struct such as image)")
-    score.add_argument("--id-col", metavar="COL", default="key", help="the id column (default: key)")
+    add_id_option(score)
     add_model_options(score, "default: 256 with --cluster gpu, else 8")
     add_run_options(score, "cpu")
     score.set_defaults(func=run)
