@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nemo_aesthetic.dedup import pairwise_max_similarity, partition_embeddings
-from nemo_aesthetic.dedup.kmeans import _partial_sums
+from nemo_aesthetic.dedup.fit_rows import block_sums, fit_block
 
 
 def brute_force(x):
@@ -34,7 +34,7 @@ def test_pairwise_and_kmeans_sums_run_on_cuda():
     rows = partition_embeddings(frame, "e", device="cuda")
     assert rows.vectors.is_cuda
     centroids = x[:4].numpy()
-    on_gpu = _partial_sums(frame, "e", centroids)  # the worker's device: CUDA here
+    on_gpu = block_sums(fit_block(frame, "e", None, 0), centroids)  # the worker's device: CUDA here
     rows_cpu = partition_embeddings(frame, "e", device="cpu")
-    assert int(on_gpu["count"].sum()) == len(rows_cpu.vectors) == 500
-    np.testing.assert_allclose(on_gpu.iloc[:, 2:].to_numpy().sum(0), x.numpy().sum(0), atol=1e-3)
+    assert int(on_gpu[:, 0].sum()) == len(rows_cpu.vectors) == 500
+    np.testing.assert_allclose(on_gpu[:, 2:].sum(0), x.numpy().sum(0), atol=1e-3)

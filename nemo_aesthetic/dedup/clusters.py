@@ -36,9 +36,38 @@ def check_unique_ids(ddf, id_field: str) -> None:
     duplicate, and the same id in two clusters is never seen by a per-cluster check. The ids are
     shuffled on the workers so that equal ids meet in one partition; only a few repeated ids (at
     most 5 per partition) reach the client."""
+    start_unique_id_check(ddf, id_field)()
+
+
+def start_unique_id_check(ddf, id_field: str):
+    """:func:`check_unique_ids` started on the cluster without waiting (on a distributed client),
+    so that it runs beside the k-means fit; returns the function that waits for it and raises."""
     ids = ddf[[id_field]]
     shuffled = ids.shuffle(on=id_field, npartitions=max(1, ids.npartitions), shuffle_method=SHUFFLE_METHOD)
-    repeated = shuffled.map_partitions(_repeated_ids, id_field, meta=ids._meta).compute()
+    repeated = shuffled.map_partitions(_repeated_ids, id_field, meta=ids._meta)
+    client = _current_client()
+    if client is None:
+        found = repeated.compute()
+        return lambda: _refuse_repeated(found, id_field)
+    future = client.compute(repeated)
+    return lambda: _refuse_repeated(future.result(), id_field)
+
+
+def _current_client():
+    """The distributed client dask would use now, or None (a local scheduler, ``--cluster sync``)."""
+    import dask
+
+    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
+        return None
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _refuse_repeated(repeated, id_field: str) -> None:
     if len(repeated):
         shown = frames.column_values(frames.to_host(repeated[id_field]).drop_duplicates().head(5))
         raise ValueError(f"duplicate ids in {id_field!r} ({shown} ...): an id must name one row, or removing a "
@@ -77,16 +106,17 @@ def write_clusters(ddf, embedding_field: str, centroids: np.ndarray, output_path
 def _assign_and_write(frame, column, centroids, keep_columns, partition_column, output_path, left_out_path,
                       storage_options, partition_info=None):
     number = (partition_info or {}).get("number", 0)
-    out, left_out = assign_partition(frame, column, centroids, keep_columns)
+    out, left_out = assign_partition(frame, column, centroids, keep_columns, by_centroid=True)
     fs, root = fsspec.core.url_to_fs(output_path, **(storage_options or {}))
     table = frames.frame_to_arrow(out[[*keep_columns, "l2_dist_to_cent", "cosine_dist_to_cent"]])
     labels = np.asarray(out["centroid"].to_numpy() if hasattr(out["centroid"], "to_numpy") else out["centroid"])
     labels = labels.get() if hasattr(labels, "get") else labels
-    order = np.argsort(labels, kind="stable")
-    cuts = np.flatnonzero(np.diff(labels[order])) + 1
-    for rows in np.split(order, cuts) if len(order) else []:
-        directory = posixpath.join(root, f"{partition_column}={int(labels[rows[0]])}")
-        _write_table(fs, table.take(pa.array(rows)), posixpath.join(directory, f"part.{number}.parquet"))
+    cuts = [0, *(np.flatnonzero(np.diff(labels)) + 1).tolist(), len(labels)] if len(labels) else [0]
+    plain = [c for c in table.column_names if c != column]
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        directory = posixpath.join(root, f"{partition_column}={int(labels[lo])}")
+        _write_table(fs, table.slice(lo, hi - lo), posixpath.join(directory, f"part.{number}.parquet"),
+                     durable=False, use_dictionary=plain)
     if left_out is not None and left_out_path:
         lfs, lroot = fsspec.core.url_to_fs(left_out_path, **(storage_options or {}))
         _write_table(lfs, frames.frame_to_arrow(left_out), posixpath.join(lroot, f"part.{number}.parquet"))
@@ -95,10 +125,13 @@ def _assign_and_write(frame, column, centroids, keep_columns, partition_column, 
     return pd.DataFrame({"clustered": [len(out)], "left_out": [0 if left_out is None else len(left_out)]})
 
 
-def _write_table(fs, table, path: str) -> None:
+def _write_table(fs, table, path: str, durable: bool = True, **options) -> None:
+    """``options`` for pyarrow's writer. The embeddings are written without dictionary encoding:
+    float vectors never repeat enough for a dictionary, and trying one made each write 8x slower
+    (and the file larger) in bench/semdedup.py."""
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with atomic_open(fs, path, "wb") as f:
-        pq.write_table(table, f)
+    with atomic_open(fs, path, "wb", durable=durable) as f:
+        pq.write_table(table, f, **options)
 
 
 def cluster_dirs(path: str, partition_column: str = "centroid", storage_options: dict | None = None,

@@ -52,7 +52,14 @@ def partition_embeddings(frame, column: str, device: str | None = None, where: s
         raise EmbeddingWidthError(f"{column!r}: {exc}{' in ' + where if where else ''}; embeddings of different "
                                   "widths cannot be compared") from None
     device = device or worker_device()
-    tensor = torch.as_tensor(np.require(matrix, requirements="W")).to(device=device, dtype=torch.float32)
+    if hasattr(matrix, "__cuda_array_interface__"):  # CuPy (a cuDF partition): numpy cannot take it
+        source = torch.as_tensor(matrix, device="cuda")
+        owned = False
+    else:
+        writable = np.require(matrix, requirements="W")  # Arrow's views are read-only: then a copy
+        source, owned = torch.as_tensor(writable), writable is not matrix
+    tensor = source.to(device=device, dtype=torch.float32)
+    owned = owned or tensor is not source  # a copy of our own may be normalised in place
     valid = torch.as_tensor(np.asarray(valid.get() if hasattr(valid, "get") else valid, dtype=bool))  # CuPy -> host
     valid = valid.to(tensor.device)
     finite, norms = _finite_rows_and_norms(tensor, valid)
@@ -65,7 +72,7 @@ def partition_embeddings(frame, column: str, device: str | None = None, where: s
     if tensor.ndim != 2:
         vectors = tensor
     elif bool(usable.all()):  # the usual case: no row to drop, no copy to make for it
-        vectors = tensor / norms.unsqueeze(1)
+        vectors = tensor.div_(norms.unsqueeze(1)) if owned else tensor / norms.unsqueeze(1)
     else:
         vectors = tensor[usable] / norms[usable].unsqueeze(1)
     return EmbeddingRows(vectors=vectors, usable=usable.cpu().numpy(), reasons=reasons or [None] * len(frame))

@@ -32,7 +32,7 @@ import pandas as pd
 
 from nemo_aesthetic.dedup.clusters import SHUFFLE_METHOD, cluster_dirs, read_cluster, write_clusters
 from nemo_aesthetic.dedup.embeddings import partition_embeddings
-from nemo_aesthetic.dedup.kmeans import check_embeddings, fit_kmeans
+from nemo_aesthetic.dedup.kmeans import PERSIST_BELOW_BYTES, check_embeddings, fit_kmeans
 from nemo_aesthetic.dedup.pairwise import cluster_matches
 from nemo_aesthetic.dedup.ranking import RankingStrategy
 from nemo_aesthetic.engine.partitions import keep_dtypes, map_shards
@@ -75,7 +75,7 @@ def mark_duplicates(metadata, id_col: str, embedding_col: str, eps: float, work_
     n_shards = metadata.npartitions
     numbered = map_shards(_number_rows, metadata[[id_col, embedding_col]], range(n_shards),
                           meta=_numbered_meta(metadata, id_col, embedding_col), label="dedup-number-rows")
-    rows, usable, _ = check_embeddings(numbered, embedding_col, 1 if n_clusters is None else n_clusters)
+    rows, usable, width = check_embeddings(numbered, embedding_col, 1 if n_clusters is None else n_clusters)
     summary = {"rows": rows, "usable": usable, "n_clusters": 0}
     marks_meta = pd.DataFrame({"_shard": pd.Series([], dtype="int64"), "_pos": pd.Series([], dtype="int64"),
                                DUPLICATE_OF: pd.Series([], dtype=_nullable(metadata[id_col].dtype)),
@@ -86,7 +86,8 @@ def mark_duplicates(metadata, id_col: str, embedding_col: str, eps: float, work_
     else:
         k = n_clusters or default_n_clusters(usable)
         summary["n_clusters"] = k
-        fitted = fit_kmeans(numbered, embedding_col, k, max_iter=max_iter, random_state=random_state)
+        fitted = fit_kmeans(numbered, embedding_col, k, max_iter=max_iter, random_state=random_state,
+                            hold=usable * width * 4 <= PERSIST_BELOW_BYTES)
         clusters_path = posixpath.join(work_dir, "clusters")
         write_clusters(numbered, embedding_col, fitted.centroids, clusters_path, keep_columns=[ROW, id_col])
         specs = [files for _, files in cluster_dirs(clusters_path)]

@@ -11,8 +11,8 @@ from typing import Any, Literal
 import fsspec
 import numpy as np
 
-from nemo_aesthetic.dedup.clusters import check_unique_ids, write_clusters
-from nemo_aesthetic.dedup.kmeans import fit_kmeans
+from nemo_aesthetic.dedup.clusters import start_unique_id_check, write_clusters
+from nemo_aesthetic.dedup.kmeans import PERSIST_BELOW_BYTES, fit_kmeans
 from nemo_aesthetic.stages.base import CompositeStage, ProcessingStage
 from nemo_aesthetic.stages.file_partitioning import FilePartitioningStage
 from nemo_aesthetic.stages.resources import Resources
@@ -90,10 +90,12 @@ class KMeansReadFitWriteStage(ProcessingStage):
         if not files:
             raise FileNotFoundError("KMeansStage: no input files")
         ddf = self.read(files)
-        check_unique_ids(ddf, self.id_field)
+        ids_checked = start_unique_id_check(ddf, self.id_field)  # beside the fit, on the workers
         init = self.init if isinstance(self.init, np.ndarray) else ("random" if self.init == "random" else "k-means++")
         result = fit_kmeans(ddf, self.embedding_field, self.n_clusters, max_iter=self.max_iter, tol=self.tol,
-                            random_state=self.random_state, fit_data_fraction=self.fit_data_fraction, init=init)
+                            random_state=self.random_state, fit_data_fraction=self.fit_data_fraction, init=init,
+                            hold=self._small_enough_to_hold(files))
+        ids_checked()  # before anything is written
         left_out_path = posixpath.join(posixpath.dirname(str(self.output_path).rstrip("/")), UNCLUSTERED_DIR)
         clustered, left_out = write_clusters(
             ddf, self.embedding_field, result.centroids, self.output_path,
@@ -109,6 +111,20 @@ class KMeansReadFitWriteStage(ProcessingStage):
                               _metadata={"n_clusters": self.n_clusters, "rows": clustered, "unclustered": left_out,
                                          "unclustered_path": left_out_path if left_out else None,
                                          "n_iter": result.n_iter, "inertia": result.inertia})]
+
+
+    def _small_enough_to_hold(self, files: list[str]) -> bool | None:
+        """Whether the files are small enough for k-means to keep their embeddings in the workers'
+        memory (their size on disk is about that of the float32 vectors: floats do not compress),
+        so the data is not read once more only to learn its size. Sizes come from the listing
+        (cached by fsspec) for up to 1,000 files; None (decide after one pass) beyond."""
+        if len(files) > 1000:
+            return None
+        try:
+            fs, _ = fsspec.core.url_to_fs(files[0], **(self.input_storage_options or {}))
+            return sum(fs.size(f) for f in files) <= PERSIST_BELOW_BYTES
+        except (OSError, TypeError, ValueError):
+            return None
 
 
 def _has_cuda() -> bool:
