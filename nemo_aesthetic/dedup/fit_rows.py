@@ -24,16 +24,29 @@ from nemo_aesthetic.dedup.embeddings import partition_embeddings, worker_device
 SUM_FANIN = 8
 
 
-def nearest(vectors, centroids, dots=None):
-    """(index of the nearest centroid, squared L2 distance to it) for each row; ``dots``:
-    ``vectors @ centroids.T`` when the caller has it already."""
+#: Rows compared with the centroids at a time: the (rows x k) distances of a whole partition
+#: (100k rows x 2,000 centroids: 800 MB, twice) would make a worker's memory grow with k.
+NEAREST_ROWS = 8192
+
+
+def nearest(vectors, centroids):
+    """For each row: (index of the nearest centroid, squared L2 distance to it, dot product with
+    it), in blocks of :data:`NEAREST_ROWS` rows."""
     import torch
 
-    dots = vectors @ centroids.T if dots is None else dots
-    norms = torch.linalg.vector_norm(vectors, dim=1, keepdim=True)  # no (n, d) temporary, unlike (x * x).sum(1)
-    d2 = norms * norms - 2 * dots + (centroids * centroids).sum(1)
-    dist2, labels = torch.min(d2, dim=1)
-    return labels, dist2.clamp_min(0)
+    n = len(vectors)
+    labels = torch.empty(n, dtype=torch.int64, device=vectors.device)
+    dist2 = torch.empty(n, dtype=vectors.dtype, device=vectors.device)
+    dot = torch.empty(n, dtype=vectors.dtype, device=vectors.device)
+    squared = (centroids * centroids).sum(1)
+    for lo in range(0, n, NEAREST_ROWS):
+        x = vectors[lo:lo + NEAREST_ROWS]
+        dots = x @ centroids.T
+        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)  # no (n, d) temporary, unlike (x * x).sum(1)
+        d2, index = torch.min(norms * norms - 2 * dots + squared, dim=1)
+        labels[lo:lo + len(x)], dist2[lo:lo + len(x)] = index, d2.clamp_min(0)
+        dot[lo:lo + len(x)] = dots.gather(1, index.unsqueeze(1)).squeeze(1)
+    return labels, dist2, dot
 
 
 def fit_block(frame, column, fraction, seed, partition_info=None):
@@ -91,7 +104,7 @@ def block_sums(frame, centroids):
     k, d = c.shape
     out = torch.zeros((k, 2 + d), dtype=torch.float64, device=c.device)
     if len(x):
-        labels, dist2 = nearest(x, c)
+        labels, dist2, _ = nearest(x, c)
         out[:, 0] = torch.bincount(labels, minlength=k).double()
         out[:, 1] = torch.zeros(k, dtype=torch.float32, device=c.device).index_add_(0, labels, dist2).double()
         out[:, 2:] = torch.zeros((k, d), dtype=torch.float32, device=c.device).index_add_(0, labels, x).double()

@@ -165,10 +165,8 @@ def assign_partition(frame, column: str, centroids: np.ndarray, keep_columns: li
     others = [k for k in keep_columns if k != column]
     out = frame.loc[:, others] if usable.all() else frame.loc[usable, others]  # never the embeddings: replaced
     if len(rows.vectors):
-        dots = rows.vectors @ c.T  # one product gives the label, both distances (unit rows)
-        labels, dist2 = nearest(rows.vectors, c, dots)
-        cosine = 1 - dots.gather(1, labels.unsqueeze(1)).squeeze(1) / torch.linalg.vector_norm(c, dim=1).clamp_min(
-            1e-12)[labels]
+        labels, dist2, dot = nearest(rows.vectors, c)  # one product gives the label, both distances
+        cosine = 1 - dot / torch.linalg.vector_norm(c, dim=1).clamp_min(1e-12)[labels]
         if by_centroid:
             order = torch.argsort(labels, stable=True)
             rows.vectors, labels, dist2, cosine = rows.vectors[order], labels[order], dist2[order], cosine[order]
