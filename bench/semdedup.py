@@ -21,6 +21,7 @@ every 0.5 s: it prints the wall time and the peak RSS of any worker (the workers
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import shutil
 import tempfile
@@ -133,7 +134,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--memory-limit", default="6GiB", help="per worker")
     p.add_argument("--big-rows", type=int, default=0, help="also run this many rows (e.g. 5000000); 0: skip")
-    p.add_argument("--big-clusters", type=int, default=5000)
+    p.add_argument("--big-clusters", type=int, default=2000,
+                   help="about sqrt(rows): assigning rows costs rows x k, the pairwise step rows x rows / k")
     p.add_argument("--big-fraction", type=float, default=0.05)
     p.add_argument("--big-iters", type=int, default=5)
     p.add_argument("--big-rows-per-part", type=int, default=100_000)
@@ -168,7 +170,10 @@ def main() -> None:
         if a.big_rows:
             big = os.path.join(work, "big")
             start = time.perf_counter()
-            write_parts(big, a.big_rows, a.dim, a.big_rows_per_part, a.seed + 1)
+            parts = -(-a.big_rows // a.big_rows_per_part)
+            if len(glob.glob(os.path.join(big, "part_*.parquet"))) != parts:  # (a --workdir of an earlier run: kept)
+                shutil.rmtree(big, ignore_errors=True)
+                write_parts(big, a.big_rows, a.dim, a.big_rows_per_part, a.seed + 1)
             print(f"big data: {a.big_rows:,} x {a.dim} float32 ({a.big_rows * a.dim * 4 / 2**30:,.1f} GiB) in "
                   f"{-(-a.big_rows // a.big_rows_per_part)} Parquet parts, written in {time.perf_counter() - start:.0f} s",
                   flush=True)

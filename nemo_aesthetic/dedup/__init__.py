@@ -17,7 +17,8 @@ Steps, each a public piece (the 1.x stages, the legacy classes and the CLI are a
     named in ``max_id`` and is the one removed.
 """
 from nemo_aesthetic.dedup.embeddings import EmbeddingRows, partition_embeddings
-from nemo_aesthetic.dedup.kmeans import KMeansResult, assign_partition, fit_kmeans
+from nemo_aesthetic.dedup.assignment import assign_partition
+from nemo_aesthetic.dedup.kmeans import KMeansResult, fit_kmeans
 from nemo_aesthetic.dedup.pairwise import cluster_matches, pairwise_max_similarity
 from nemo_aesthetic.dedup.ranking import RankingStrategy
 

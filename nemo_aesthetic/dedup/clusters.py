@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nemo_aesthetic import frames
-from nemo_aesthetic.atomic import atomic_open
-from nemo_aesthetic.dedup.kmeans import assign_partition
+from nemo_aesthetic.atomic import atomic_open, is_local
+from nemo_aesthetic.dedup.assignment import assign, assign_held_block
 from nemo_aesthetic.dedup.pairwise import cluster_matches
 
 logger = logging.getLogger("nemo_aesthetic")
@@ -88,48 +88,68 @@ def _repeated_ids(frame, id_field):
 
 def write_clusters(ddf, embedding_field: str, centroids: np.ndarray, output_path: str, keep_columns: list[str],
                    partition_column: str = "centroid", left_out_path: str | None = None,
-                   storage_options: dict | None = None) -> tuple[int, int]:
+                   storage_options: dict | None = None, held=None) -> tuple[int, int]:
     """Every partition assigned on its worker and written under
     ``output_path/<partition_column>=<k>/part.<partition>.parquet`` (hive layout, embeddings
     L2-normalised, with ``l2_dist_to_cent`` and ``cosine_dist_to_cent``). Rows that cannot be
     clustered are written with their ``reason`` to ``left_out_path`` (never dropped silently; they
     are never duplicates). Returns (rows clustered, rows left out). Each file is written under a
-    temporary name and renamed, so a retried task rewrites it whole."""
+    temporary name and renamed, so a retried task rewrites it whole.
+
+    ``held``: a fit's rows still held with these columns (``fit_kmeans(keep_columns=...).held``):
+    they are written from there, without reading ``ddf`` again, and released."""
     keep_columns = list(dict.fromkeys([*keep_columns, embedding_field]))
-    meta = pd.DataFrame({"clustered": pd.Series([], dtype="int64"), "left_out": pd.Series([], dtype="int64")})
-    counts = ddf.map_partitions(_assign_and_write, embedding_field, centroids, keep_columns, partition_column,
-                                output_path, left_out_path, storage_options, meta=meta,
-                                enforce_metadata=False).compute()
+    args = (embedding_field, centroids, keep_columns, partition_column, output_path, left_out_path, storage_options)
+    if held is not None and held.holds_rows([k for k in keep_columns if k != embedding_field]):
+        try:
+            counts = pd.concat(held.map_blocks(_assign_block_and_write, *args), ignore_index=True)
+        finally:
+            held.release()
+    else:
+        if held is not None:
+            held.release()
+        meta = pd.DataFrame({"clustered": pd.Series([], dtype="int64"), "left_out": pd.Series([], dtype="int64")})
+        counts = ddf.map_partitions(_assign_and_write, *args, meta=meta, enforce_metadata=False).compute()
     return int(counts["clustered"].sum()), int(counts["left_out"].sum())
 
 
 def _assign_and_write(frame, column, centroids, keep_columns, partition_column, output_path, left_out_path,
                       storage_options, partition_info=None):
     number = (partition_info or {}).get("number", 0)
-    out, left_out = assign_partition(frame, column, centroids, keep_columns, by_centroid=True)
+    return _write_assigned(assign(frame, column, centroids, keep_columns), number, partition_column, output_path,
+                           left_out_path, storage_options)
+
+
+def _assign_block_and_write(block, column, centroids, keep_columns, partition_column, output_path, left_out_path,
+                            storage_options, number):
+    return _write_assigned(assign_held_block(block, column, centroids, keep_columns), number, partition_column,
+                           output_path, left_out_path, storage_options)
+
+
+def _write_assigned(assignment, number, partition_column, output_path, left_out_path, storage_options):
+    """Each cluster's rows of one partition to ``<partition_column>=<k>/part.<number>.parquet``,
+    one cluster in memory at a time, and the rows left out (with their reason) beside."""
     fs, root = fsspec.core.url_to_fs(output_path, **(storage_options or {}))
-    table = frames.frame_to_arrow(out[[*keep_columns, "l2_dist_to_cent", "cosine_dist_to_cent"]])
-    labels = np.asarray(out["centroid"].to_numpy() if hasattr(out["centroid"], "to_numpy") else out["centroid"])
-    labels = labels.get() if hasattr(labels, "get") else labels
-    cuts = [0, *(np.flatnonzero(np.diff(labels)) + 1).tolist(), len(labels)] if len(labels) else [0]
-    plain = [c for c in table.column_names if c != column]
-    for lo, hi in zip(cuts[:-1], cuts[1:]):
-        directory = posixpath.join(root, f"{partition_column}={int(labels[lo])}")
-        _write_table(fs, table.slice(lo, hi - lo), posixpath.join(directory, f"part.{number}.parquet"),
+    plain = [c for c in assignment.keep_columns if c != assignment.column]
+    for cluster, positions in assignment.clusters():
+        directory = posixpath.join(root, f"{partition_column}={cluster}")
+        _write_table(fs, assignment.table(positions), posixpath.join(directory, f"part.{number}.parquet"),
                      durable=False, use_dictionary=plain)
+    left_out = assignment.left_out
     if left_out is not None and left_out_path:
         lfs, lroot = fsspec.core.url_to_fs(left_out_path, **(storage_options or {}))
         _write_table(lfs, frames.frame_to_arrow(left_out), posixpath.join(lroot, f"part.{number}.parquet"))
         logger.warning("%d row(s) of partition %d not clustered (kept, never marked duplicate): %s",
                        len(left_out), number, dict(frames.to_host(left_out)["reason"].value_counts()))
-    return pd.DataFrame({"clustered": [len(out)], "left_out": [0 if left_out is None else len(left_out)]})
+    return pd.DataFrame({"clustered": [len(assignment.labels)], "left_out": [0 if left_out is None else len(left_out)]})
 
 
 def _write_table(fs, table, path: str, durable: bool = True, **options) -> None:
     """``options`` for pyarrow's writer. The embeddings are written without dictionary encoding:
     float vectors never repeat enough for a dictionary, and trying one made each write 8x slower
     (and the file larger) in bench/semdedup.py."""
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    if not is_local(fs):  # (atomic_open makes a local file's directory itself: one mkdir per file, not two)
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
     with atomic_open(fs, path, "wb", durable=durable) as f:
         pq.write_table(table, f, **options)
 

@@ -1,6 +1,7 @@
 """A partition's embedding column as a unit-normalised tensor, with a reason for each row left out."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +21,14 @@ class EmbeddingWidthError(ValueError):
 @dataclass
 class EmbeddingRows:
     """``vectors``: the usable rows, L2-normalised, float32, on ``device``; ``usable``: a host
-    bool mask over the partition's rows; ``reasons``: None or a reason for each row."""
+    bool mask over the partition's rows; ``reasons``: None or a reason for each row. Asked not
+    to normalise, ``vectors`` are the rows as read (a read-only view where possible) and
+    ``norms`` their L2 norms."""
 
     vectors: "object"
     usable: np.ndarray
     reasons: list
+    norms: "object" = None
 
     @property
     def dim(self) -> int:
@@ -38,9 +42,11 @@ def worker_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def partition_embeddings(frame, column: str, device: str | None = None, where: str = "") -> EmbeddingRows:
+def partition_embeddings(frame, column: str, device: str | None = None, where: str = "",
+                         normalise: bool = True) -> EmbeddingRows:
     """``frame[column]`` -> :class:`EmbeddingRows`. Rows with different widths in one partition
-    raise :class:`EmbeddingWidthError` naming ``where`` (a file or partition)."""
+    raise :class:`EmbeddingWidthError` naming ``where`` (a file or partition). ``normalise``
+    False spares the copy a normalised matrix takes (a partition's size again)."""
     import torch
 
     if column not in frame.columns:
@@ -55,6 +61,10 @@ def partition_embeddings(frame, column: str, device: str | None = None, where: s
     if hasattr(matrix, "__cuda_array_interface__"):  # CuPy (a cuDF partition): numpy cannot take it
         source = torch.as_tensor(matrix, device="cuda")
         owned = False
+    elif not normalise:  # only read: a view, even of a read-only Arrow buffer
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            source, owned = torch.from_numpy(np.asarray(matrix, dtype=np.float32)), False
     else:
         writable = np.require(matrix, requirements="W")  # Arrow's views are read-only: then a copy
         source, owned = torch.as_tensor(writable), writable is not matrix
@@ -69,6 +79,10 @@ def partition_embeddings(frame, column: str, device: str | None = None, where: s
         host_valid, host_finite = valid.cpu().numpy(), finite.cpu().numpy()
         reasons = [None if ok else NO_EMBEDDING if not v else NOT_FINITE if not f else ZERO_VECTOR
                    for ok, v, f in zip(usable.cpu().numpy(), host_valid, host_finite)]
+    if not normalise:
+        vectors, norms = (tensor, norms) if bool(usable.all()) else (tensor[usable], norms[usable])
+        return EmbeddingRows(vectors=vectors, usable=usable.cpu().numpy(), reasons=reasons or [None] * len(frame),
+                             norms=norms)
     if tensor.ndim != 2:
         vectors = tensor
     elif bool(usable.all()):  # the usual case: no row to drop, no copy to make for it

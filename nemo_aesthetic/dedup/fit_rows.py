@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from nemo_aesthetic import frames
 from nemo_aesthetic.dedup.embeddings import partition_embeddings, worker_device
 
 #: Partial sums are added this many at a time, in a tree, on the workers.
@@ -29,9 +30,10 @@ SUM_FANIN = 8
 NEAREST_ROWS = 8192
 
 
-def nearest(vectors, centroids):
+def nearest(vectors, centroids, norms=None):
     """For each row: (index of the nearest centroid, squared L2 distance to it, dot product with
-    it), in blocks of :data:`NEAREST_ROWS` rows."""
+    it), in blocks of :data:`NEAREST_ROWS` rows. ``norms``: the rows are raw and are compared as
+    ``vectors / norms`` (normalised a block at a time, never all at once)."""
     import torch
 
     n = len(vectors)
@@ -41,19 +43,26 @@ def nearest(vectors, centroids):
     squared = (centroids * centroids).sum(1)
     for lo in range(0, n, NEAREST_ROWS):
         x = vectors[lo:lo + NEAREST_ROWS]
+        x = x if norms is None else x / norms[lo:lo + NEAREST_ROWS].unsqueeze(1)
         dots = x @ centroids.T
-        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)  # no (n, d) temporary, unlike (x * x).sum(1)
-        d2, index = torch.min(norms * norms - 2 * dots + squared, dim=1)
+        lengths = torch.linalg.vector_norm(x, dim=1, keepdim=True)  # no (n, d) temporary, unlike (x * x).sum(1)
+        d2, index = torch.min(lengths * lengths - 2 * dots + squared, dim=1)
         labels[lo:lo + len(x)], dist2[lo:lo + len(x)] = index, d2.clamp_min(0)
         dot[lo:lo + len(x)] = dots.gather(1, index.unsqueeze(1)).squeeze(1)
     return labels, dist2, dot
 
 
-def fit_block(frame, column, fraction, seed, partition_info=None):
-    """This partition's usable rows, L2-normalised, as one float32 Arrow column ``v`` of
-    fixed-size lists; ``attrs`` keep the partition's counts (rows, usable, dim). With
-    ``fraction``, each row is kept with that probability (a fixed seed per partition, so a
-    retried task draws the same rows)."""
+#: A block's columns of its own (names no input column will have).
+VECTORS, REASON = "__fit_vectors__", "__fit_reason__"
+
+
+def fit_block(frame, column, fraction, seed, keep=None, partition_info=None):
+    """This partition's usable rows, L2-normalised, as one float32 Arrow column of fixed-size
+    lists; ``attrs`` keep the partition's counts (rows, usable, dim). With ``fraction``, each row
+    is kept with that probability (a fixed seed per partition, so a retried task draws the same
+    rows). With ``keep`` (columns), every row is kept with those columns, its vector null where
+    it has none usable and the reason beside it: the rows can then be written by cluster from
+    the block, without reading the input again."""
     import pyarrow as pa
 
     rows = partition_embeddings(frame, column, device="cpu")
@@ -61,20 +70,49 @@ def fit_block(frame, column, fraction, seed, partition_info=None):
     if fraction is not None:
         index = (partition_info or {}).get("number", 0)
         vectors = vectors[np.random.default_rng([seed, index, 1]).random(len(vectors)) < fraction]
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-    lists = pa.FixedSizeListArray.from_arrays(flat, max(vectors.shape[1], 1))
-    out = pd.DataFrame({"v": pd.arrays.ArrowExtensionArray(lists)})
+    dim = max(vectors.shape[1], 1)
+    if keep is None:
+        out = pd.DataFrame({VECTORS: pd.arrays.ArrowExtensionArray(_lists(vectors, dim))})
+    else:
+        out = frames.to_host(frame.loc[:, list(keep)])  # a block is pandas on the host, whatever the backend
+        if rows.usable.all():
+            out[VECTORS] = pd.arrays.ArrowExtensionArray(_lists(vectors, dim))
+        else:  # a null vector (its slot zeros) for each row left out, and why
+            full = np.zeros((len(frame), dim), np.float32)
+            full[rows.usable] = vectors
+            out[VECTORS] = pd.arrays.ArrowExtensionArray(_lists(full, dim, mask=~rows.usable))
+            out[REASON] = pd.Series(rows.reasons, index=out.index, dtype=object)
     out.attrs.update(rows=len(frame), usable=int(rows.usable.sum()), dim=int(vectors.shape[1]))
     return out
 
 
+def _lists(vectors, dim, mask=None):
+    import pyarrow as pa
+
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, dim, mask=None if mask is None else pa.array(mask))
+
+
+def _vectors(frame):
+    chunked = frame[VECTORS].array._pa_array
+    return chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
+
+
+def block_valid(frame) -> np.ndarray:
+    """Which rows of a block have a vector."""
+    column = _vectors(frame)
+    return np.ones(len(column), bool) if not column.null_count else column.is_valid().to_numpy(zero_copy_only=False)
+
+
 def block_matrix(frame, device=None):
-    """A block (:func:`fit_block`) as an (n, d) tensor on ``device`` (default: the worker's): on
-    CPU a view of its Arrow buffer, no copy."""
+    """A block's vectors (:func:`fit_block`) as an (n, d) tensor on ``device`` (default: the
+    worker's): on CPU a view of its Arrow buffer, no copy (unless rows without one are dropped)."""
+    import pyarrow.compute as pc
     import torch
 
-    chunked = frame["v"].array._pa_array
-    column = chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
+    column = _vectors(frame)
+    if column.null_count:
+        column = pc.filter(column, column.is_valid())
     dim = column.type.list_size
     flat = column.values.slice(column.offset * dim, len(column) * dim).to_numpy(zero_copy_only=False)
     with warnings.catch_warnings():  # Arrow hands out a read-only view; it is only read
@@ -85,7 +123,8 @@ def block_matrix(frame, device=None):
 def block_stats(frame):
     attrs = frame.attrs
     return pd.DataFrame({"rows": [attrs.get("rows", len(frame))], "usable": [attrs.get("usable", len(frame))],
-                         "fit": [len(frame)], "dim": [attrs.get("dim", -1) if len(frame) else -1]})
+                         "fit": [len(frame) - _vectors(frame).null_count],
+                         "dim": [attrs.get("dim", -1) if len(frame) else -1]})
 
 
 def block_sample(frame, fraction, seed, number):
@@ -126,10 +165,12 @@ def _sum_by_centroid(frame):
 class FitRows:
     """``ddf[column]`` as fit blocks: lazy until :meth:`hold`, then held (see the module doc)."""
 
-    def __init__(self, ddf, column: str, fraction: float | None, seed: int):
-        meta = fit_block(pd.DataFrame({column: pd.Series([], dtype=object)}), column, None, 0).iloc[:0]
-        self.collection = ddf[[column]].map_partitions(fit_block, column, fraction, seed, meta=meta,
-                                                       enforce_metadata=False)
+    def __init__(self, ddf, column: str, fraction: float | None, seed: int, keep: list[str] | None = None):
+        self.keep = [c for c in keep if c != column] if keep is not None and fraction is None else None
+        source = ddf[[*(self.keep or []), column]]
+        meta = fit_block(source._meta, column, None, 0, self.keep).iloc[:0]
+        self.collection = source.map_partitions(fit_block, column, fraction, seed, self.keep, meta=meta,
+                                                enforce_metadata=False)
         self.seed = seed
         self.client, self.blocks = None, None  # held: futures (with a client) or frames
         self._stats = None
@@ -154,7 +195,12 @@ class FitRows:
             self.blocks = list(dask.compute(*self.collection.to_delayed()))
         self._stats = None  # counted again from the held blocks: cheap, and what the fit will see
 
-    def _map(self, func, *args):
+    def holds_rows(self, keep: list[str]) -> bool:
+        """Whether the held blocks carry every row with the columns ``keep`` (so the rows can be
+        written from them)."""
+        return self.blocks is not None and self.keep is not None and list(keep) == self.keep
+
+    def map_blocks(self, func, *args):
         """``func(block, *args, number)`` for every held block, results in block order."""
         numbers = range(len(self.blocks))
         if self.client is None:
@@ -170,7 +216,7 @@ class FitRows:
                 meta = pd.DataFrame({c: pd.Series([], dtype="int64") for c in ("rows", "usable", "fit", "dim")})
                 self._stats = self.collection.map_partitions(block_stats, meta=meta).compute()
             else:
-                self._stats = pd.concat(self._map(_numbered_stats), ignore_index=True)
+                self._stats = pd.concat(self.map_blocks(_numbered_stats), ignore_index=True)
         return self._stats
 
     def sample(self, fraction: float) -> np.ndarray:
@@ -180,7 +226,7 @@ class FitRows:
             drawn = self.collection.map_partitions(_sample_frame, fraction, self.seed, meta=meta,
                                                    enforce_metadata=False).compute()
             return block_matrix(drawn, "cpu").numpy()
-        parts = [p for p in self._map(block_sample, fraction, self.seed) if len(p)]
+        parts = [p for p in self.map_blocks(block_sample, fraction, self.seed) if len(p)]
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
     def sums(self, centroids: np.ndarray) -> np.ndarray:

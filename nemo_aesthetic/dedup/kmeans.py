@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from nemo_aesthetic.dedup.embeddings import EmbeddingWidthError, partition_embeddings
-from nemo_aesthetic.dedup.fit_rows import FitRows, nearest
+from nemo_aesthetic.dedup.fit_rows import FitRows
 
 logger = logging.getLogger("nemo_aesthetic")
 
@@ -37,6 +37,7 @@ class KMeansResult:
     inertia: float
     rows: int  # rows read (all of them, or with fit_data_fraction the rows the share was drawn from)
     unclustered: int  # of those, rows without a usable embedding (each gets a reason when assigned)
+    held: FitRows | None = None  # every row still held with its columns, for write_clusters
 
 
 def kmeans_plus_plus(sample, k: int, seed: int):
@@ -95,7 +96,8 @@ def _checked(stats, column, n_clusters, fraction=None):
 
 def fit_kmeans(ddf, column: str, n_clusters: int, max_iter: int = 300, tol: float = 1e-4,
                random_state: int = 42, fit_data_fraction: float | None = None,
-               init: str | np.ndarray = "k-means++", hold: bool | None = None) -> KMeansResult:
+               init: str | np.ndarray = "k-means++", hold: bool | None = None,
+               keep_columns: list[str] | None = None) -> KMeansResult:
     """Fit ``n_clusters`` centroids to ``ddf[column]`` (Lloyd's iterations on the workers).
 
     The rows are read and normalised once into float32 blocks (:func:`_fit_rows`). ``hold``: keep
@@ -104,10 +106,14 @@ def fit_kmeans(ddf, column: str, n_clusters: int, max_iter: int = 300, tol: floa
     memory stays one partition; None holds them when they take at most ``PERSIST_BELOW_BYTES``
     (known after one pass over the data). Stops after ``max_iter`` or when no centroid moves by
     more than ``tol`` times the mean squared spread of the data (scikit-learn's rule).
+
+    ``keep_columns`` (the columns :func:`~nemo_aesthetic.dedup.clusters.write_clusters` will
+    write): held blocks then carry every row with them, and the result's ``held`` lets the write
+    skip reading the input again (it releases them).
     """
     if fit_data_fraction is not None and not 0.0 < fit_data_fraction < 1.0:
         raise ValueError(f"fit_data_fraction must be in (0, 1), got {fit_data_fraction}")
-    fit = FitRows(ddf, column, fit_data_fraction, random_state)
+    fit = FitRows(ddf, column, fit_data_fraction, random_state, keep=keep_columns)
     if fit_data_fraction is not None:
         hold = True
     elif hold is None:  # one pass to learn the size; the data is read again only if it is held
@@ -142,47 +148,13 @@ def fit_kmeans(ddf, column: str, n_clusters: int, max_iter: int = 300, tol: floa
             logger.debug("k-means iteration %d: inertia %.6g, centroid shift %.3g", n_iter, inertia, shift)
             if shift <= threshold:
                 break
-    finally:
+    except BaseException:
+        fit.release()
+        raise
+    held = fit if fit.keep is not None and fit.blocks is not None else None
+    if held is None:
         fit.release()
     logger.info("k-means: %d clusters fitted on %d of %d rows (%d without a usable embedding), %d iteration(s)",
                 n_clusters, fit_rows, rows, rows - usable, n_iter)
-    return KMeansResult(centroids=centroids, n_iter=n_iter, inertia=inertia, rows=rows, unclustered=rows - usable)
-
-
-def assign_partition(frame, column: str, centroids: np.ndarray, keep_columns: list[str], by_centroid: bool = False):
-    """``frame[keep_columns]`` with the embedding L2-normalised and ``centroid``,
-    ``l2_dist_to_cent``, ``cosine_dist_to_cent`` added, for its usable rows; and, apart, the rows
-    that could not be clustered with a ``reason`` (None when there are none). ``by_centroid``:
-    rows ordered by centroid (stable), so each cluster is a slice; the vectors are reordered in
-    torch, several times faster than Arrow's take on a column of lists."""
-    import torch
-
-    from nemo_aesthetic import frames
-
-    rows = partition_embeddings(frame, column)
-    c = torch.as_tensor(centroids, device=rows.vectors.device)
-    usable = rows.usable
-    others = [k for k in keep_columns if k != column]
-    out = frame.loc[:, others] if usable.all() else frame.loc[usable, others]  # never the embeddings: replaced
-    if len(rows.vectors):
-        labels, dist2, dot = nearest(rows.vectors, c)  # one product gives the label, both distances
-        cosine = 1 - dot / torch.linalg.vector_norm(c, dim=1).clamp_min(1e-12)[labels]
-        if by_centroid:
-            order = torch.argsort(labels, stable=True)
-            rows.vectors, labels, dist2, cosine = rows.vectors[order], labels[order], dist2[order], cosine[order]
-            out = out.iloc[order.cpu().numpy()]
-        labels, l2, cosine = labels.cpu().numpy(), dist2.sqrt().cpu().numpy(), cosine.cpu().numpy()
-    else:
-        labels, l2, cosine = (np.zeros(0, dtype=np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
-    if column in keep_columns:
-        out = out.assign(**{column: frames.embeddings_to_series(rows.vectors.cpu().numpy(), np.ones(len(out), bool),
-                                                                out.index, like=frame)} if len(out) else
-                         {column: frame[column].iloc[:0]})[keep_columns]
-    out["centroid"] = labels.astype(np.int32)
-    out["l2_dist_to_cent"] = l2.astype(np.float32)
-    out["cosine_dist_to_cent"] = cosine.astype(np.float32)
-    left_out = None
-    if not usable.all():
-        left_out = frame[~usable].loc[:, others].copy()
-        left_out["reason"] = [r for r in rows.reasons if r is not None]
-    return out, left_out
+    return KMeansResult(centroids=centroids, n_iter=n_iter, inertia=inertia, rows=rows, unclustered=rows - usable,
+                        held=held)

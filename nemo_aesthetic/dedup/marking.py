@@ -87,9 +87,10 @@ def mark_duplicates(metadata, id_col: str, embedding_col: str, eps: float, work_
         k = n_clusters or default_n_clusters(usable)
         summary["n_clusters"] = k
         fitted = fit_kmeans(numbered, embedding_col, k, max_iter=max_iter, random_state=random_state,
-                            hold=usable * width * 4 <= PERSIST_BELOW_BYTES)
+                            hold=usable * width * 4 <= PERSIST_BELOW_BYTES, keep_columns=[ROW, id_col])
         clusters_path = posixpath.join(work_dir, "clusters")
-        write_clusters(numbered, embedding_col, fitted.centroids, clusters_path, keep_columns=[ROW, id_col])
+        write_clusters(numbered, embedding_col, fitted.centroids, clusters_path, keep_columns=[ROW, id_col],
+                       held=fitted.held)
         specs = [files for _, files in cluster_dirs(clusters_path)]
         ranking = keeping_order(which_to_keep, random_state)
         with keep_dtypes():

@@ -57,7 +57,7 @@ class ClusteringModel:
             df = df[[self.id_col, self.embedding_column]]
         ids_checked = start_unique_id_check(df, self.id_col)  # beside the fit, on the workers
         result = fit_kmeans(df, self.embedding_column, self.n_clusters, max_iter=self.max_iter,
-                            random_state=self.random_state)
+                            random_state=self.random_state, keep_columns=keep)
         ids_checked()  # before anything is written
         np.save(os.path.join(self.clustering_output_dir, "kmeans_centroids.npy"), result.centroids)
         output = os.path.join(self.clustering_output_dir, "embs_by_nearest_center")
@@ -67,7 +67,8 @@ class ClusteringModel:
                 self.logger.warning("Output directory %s already exists and will be overwritten", stale)
                 shutil.rmtree(stale)
         clustered, unclustered = write_clusters(df, self.embedding_column, result.centroids, output, keep,
-                                                partition_column="nearest_cent", left_out_path=left_out)
+                                                partition_column="nearest_cent", left_out_path=left_out,
+                                                held=result.held)
         self.logger.info("ClusteringModel: %d rows in %d clusters under %s; %d without a usable embedding in %s",
                          clustered, self.n_clusters, output, unclustered, left_out)
         dirs = cluster_dirs(output, "nearest_cent")

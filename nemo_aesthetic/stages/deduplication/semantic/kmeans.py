@@ -94,13 +94,13 @@ class KMeansReadFitWriteStage(ProcessingStage):
         init = self.init if isinstance(self.init, np.ndarray) else ("random" if self.init == "random" else "k-means++")
         result = fit_kmeans(ddf, self.embedding_field, self.n_clusters, max_iter=self.max_iter, tol=self.tol,
                             random_state=self.random_state, fit_data_fraction=self.fit_data_fraction, init=init,
-                            hold=self._small_enough_to_hold(files))
+                            hold=self._small_enough_to_hold(files), keep_columns=[self.id_field, *self.metadata_fields])
         ids_checked()  # before anything is written
         left_out_path = posixpath.join(posixpath.dirname(str(self.output_path).rstrip("/")), UNCLUSTERED_DIR)
         clustered, left_out = write_clusters(
             ddf, self.embedding_field, result.centroids, self.output_path,
             [self.id_field, *self.metadata_fields], left_out_path=left_out_path,
-            storage_options=self.output_storage_options)
+            storage_options=self.output_storage_options, held=result.held)
         if self.cache_path:
             fs, root = fsspec.core.url_to_fs(self.cache_path, **(self.output_storage_options or {}))
             fs.makedirs(root, exist_ok=True)
