@@ -61,3 +61,17 @@ def test_too_many_clusters_is_a_clear_error(tmp_path, cpu_client):
         ClusteringModel(id_column="key", embedding_column="image_embedding", n_clusters=50,
                         clustering_output_dir=str(tmp_path / "c"))(dataset)
     assert not os.path.exists(tmp_path / "c" / "embs_by_nearest_center")
+
+
+def test_clustering_its_own_output_into_the_same_place_is_refused_before_anything_is_removed(tmp_path, cpu_client):
+    ids, vectors, _ = planted_embeddings(seed=5)
+    frame = pd.DataFrame({"key": ids, "image_embedding": list(vectors)})
+    run_legacy(tmp_path, frame, n_clusters=4)
+    clustered_dir = tmp_path / "clustering" / "embs_by_nearest_center"
+    before = sorted(p.relative_to(tmp_path) for p in clustered_dir.rglob("*.parquet"))
+    again = DocumentDataset.read_parquet(str(clustered_dir), columns=["key", "image_embedding"])
+    model = ClusteringModel(id_column="key", embedding_column="image_embedding", n_clusters=4,
+                            clustering_output_dir=str(tmp_path / "clustering"))
+    with pytest.raises(ValueError, match="which this step clears before writing"):
+        model(again)
+    assert sorted(p.relative_to(tmp_path) for p in clustered_dir.rglob("*.parquet")) == before and before

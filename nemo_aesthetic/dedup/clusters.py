@@ -29,6 +29,34 @@ def absolute(path: str) -> str:
     return os.path.abspath(path.removeprefix("file://"))
 
 
+def read_paths(ddf) -> set[str]:
+    """The files and folders ``ddf`` reads, as far as its expression tells: Parquet reads
+    (``dd.read_parquet``, ``DocumentDataset.read_parquet``) and our shards (``from_webdataset``).
+    Empty for anything else (a frame built in memory): a check on it then has nothing to refuse."""
+    found = set()
+    for node in ddf.expr.walk():
+        name = type(node).__name__
+        if name.startswith("ReadParquet") and "path" in getattr(node, "_parameters", ()):
+            path = node.operand("path")
+            found.update(absolute(p) for p in ([path] if isinstance(path, str) else path or []))
+        elif name == "FromMap":
+            for operand in node.operands:
+                for spec in operand if isinstance(operand, list) else ():
+                    found.update(absolute(p) for p in (getattr(spec, "parquet", None), getattr(spec, "tar", None)) if p)
+    return found
+
+
+def refuse_clearing_inputs(ddf, cleared: list[str]) -> None:
+    """A clear error before anything is removed when ``ddf`` reads from inside a folder about
+    to be cleared (clustering its own earlier output into the same place)."""
+    for source in read_paths(ddf):
+        for folder in cleared:
+            folder = absolute(folder).rstrip("/")
+            if source.rstrip("/") == folder or source.startswith(folder + "/"):
+                raise ValueError(f"the input {source!r} is inside {folder!r}, which this step clears before writing: "
+                                 "write to another output directory")
+
+
 def check_unique_ids(ddf, id_field: str) -> None:
     """A clear error when an id names two rows anywhere in ``ddf`` (nulls aside).
 

@@ -65,11 +65,13 @@ def fit_block(frame, column, fraction, seed, keep=None, partition_info=None):
     the block, without reading the input again."""
     import pyarrow as pa
 
-    rows = partition_embeddings(frame, column, device="cpu")
-    vectors = rows.vectors.numpy() if rows.vectors.ndim == 2 else np.zeros((0, 0), np.float32)
-    if fraction is not None:
+    rows = partition_embeddings(frame, column, device="cpu", normalise=fraction is None)
+    vectors = rows.vectors if rows.vectors.ndim == 2 else np.zeros((0, 0), np.float32)
+    if fraction is not None:  # only the drawn share is normalised (a copy of it, not of the partition)
         index = (partition_info or {}).get("number", 0)
-        vectors = vectors[np.random.default_rng([seed, index, 1]).random(len(vectors)) < fraction]
+        drawn = np.random.default_rng([seed, index, 1]).random(len(vectors)) < fraction
+        vectors = vectors[drawn] / rows.norms[drawn].unsqueeze(1) if len(vectors) else vectors
+    vectors = vectors.numpy() if hasattr(vectors, "numpy") else vectors
     dim = max(vectors.shape[1], 1)
     if keep is None:
         out = pd.DataFrame({VECTORS: pd.arrays.ArrowExtensionArray(_lists(vectors, dim))})

@@ -11,7 +11,8 @@ import dask.dataframe as dd
 import numpy as np
 
 from nemo_aesthetic.datasets.doc_dataset import DocumentDataset
-from nemo_aesthetic.dedup.clusters import absolute, cluster_dirs, read_cluster, start_unique_id_check, write_clusters
+from nemo_aesthetic.dedup.clusters import (absolute, cluster_dirs, read_cluster, refuse_clearing_inputs,
+                                          start_unique_id_check, write_clusters)
 from nemo_aesthetic.dedup.kmeans import fit_kmeans
 from nemo_aesthetic.engine.partitions import keep_dtypes
 
@@ -55,13 +56,14 @@ class ClusteringModel:
         keep = [c for c in df.columns if c != self.embedding_column] if self.keep_all_columns else [self.id_col]
         if not self.keep_all_columns:
             df = df[[self.id_col, self.embedding_column]]
+        output = os.path.join(self.clustering_output_dir, "embs_by_nearest_center")
+        left_out = os.path.join(self.clustering_output_dir, UNCLUSTERED_DIR)
+        refuse_clearing_inputs(df, [output, left_out])
         ids_checked = start_unique_id_check(df, self.id_col)  # beside the fit, on the workers
         result = fit_kmeans(df, self.embedding_column, self.n_clusters, max_iter=self.max_iter,
                             random_state=self.random_state, keep_columns=keep)
         ids_checked()  # before anything is written
         np.save(os.path.join(self.clustering_output_dir, "kmeans_centroids.npy"), result.centroids)
-        output = os.path.join(self.clustering_output_dir, "embs_by_nearest_center")
-        left_out = os.path.join(self.clustering_output_dir, UNCLUSTERED_DIR)
         for stale in (output, left_out):
             if os.path.exists(stale):
                 self.logger.warning("Output directory %s already exists and will be overwritten", stale)
