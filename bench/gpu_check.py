@@ -88,8 +88,8 @@ STEPS = [
                                                                       "--images 64 --repeat 2")],
      ("cpus", "prep", "one refused", "JPEG", "PIL", "progressive", "tar")),
     ("dedup", 120, "dedup.log", lambda: [PY, "bench/semdedup.py", *args(
-        "DEDUP_ARGS", "--rows 4000 --dim 64 --clusters 8 --iters 2 --rows-per-part 2000",
-        "--rows 100000 --clusters 100 --iters 5")], ("data", "reference", "workflow")),
+        "DEDUP_ARGS", "--rows 4000 --dim 64 --clusters 8 --iters 2 --rows-per-part 2000 --repeats 1",
+        "--rows 100000 --clusters 100 --iters 5 --repeats 3")], ("data", "run", "workflow")),
     ("photo", 400, "photo.log", photo_cmd, ("[",)),
 ]
 
