@@ -75,3 +75,16 @@ def test_clustering_its_own_output_into_the_same_place_is_refused_before_anythin
     with pytest.raises(ValueError, match="which this step clears before writing"):
         model(again)
     assert sorted(p.relative_to(tmp_path) for p in clustered_dir.rglob("*.parquet")) == before and before
+
+
+def test_a_dataset_read_from_shards_is_protected_too(img2dataset_dir, tmp_path):
+    from nemo_aesthetic.datasets import ImageTextPairDataset
+    from nemo_aesthetic.dedup.clusters import read_paths, refuse_clearing_inputs
+
+    root, _ = img2dataset_dir
+    metadata = ImageTextPairDataset.from_webdataset(str(root), id_col="key").metadata[["key"]]
+    found = read_paths(metadata)
+    assert {os.path.basename(p) for p in found} >= {"00000.parquet", "00000.tar"}
+    with pytest.raises(ValueError, match="which this step clears"):
+        refuse_clearing_inputs(metadata, [str(root)])
+    refuse_clearing_inputs(metadata, [str(tmp_path / "elsewhere")])  # another folder: nothing to refuse

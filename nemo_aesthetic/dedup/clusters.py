@@ -39,10 +39,11 @@ def read_paths(ddf) -> set[str]:
         if name.startswith("ReadParquet") and "path" in getattr(node, "_parameters", ()):
             path = node.operand("path")
             found.update(absolute(p) for p in ([path] if isinstance(path, str) else path or []))
-        elif name == "FromMap":
-            for operand in node.operands:
-                for spec in operand if isinstance(operand, list) else ():
-                    found.update(absolute(p) for p in (getattr(spec, "parquet", None), getattr(spec, "tar", None)) if p)
+        elif name.startswith("FromMap") and "iterables" in getattr(node, "_parameters", ()):
+            for iterable in node.operand("iterables") or ():
+                for spec in iterable if isinstance(iterable, (list, tuple)) else ():
+                    found.update(absolute(p) for p in (getattr(spec, "parquet", None), getattr(spec, "tar", None))
+                                 if isinstance(p, str))
     return found
 
 
