@@ -192,6 +192,19 @@ class FreedMemoryReleaser:
             self.last = time.monotonic()
 
 
+_RELEASERS = threading.local()
+
+
+def thread_memory_releaser() -> FreedMemoryReleaser:
+    """This thread's one :class:`FreedMemoryReleaser`, shared by the partitions it runs: a stream
+    of small partitions (a semantic-dedup cluster each, ~50 ms of work) then trims the heap at most
+    once a second, not once per partition (~10 ms each: a fifth of the work)."""
+    releaser = getattr(_RELEASERS, "releaser", None)
+    if releaser is None:
+        releaser = _RELEASERS.releaser = FreedMemoryReleaser()
+    return releaser
+
+
 @functools.lru_cache(maxsize=1)
 def _malloc_trim():
     import ctypes

@@ -143,6 +143,26 @@ def test_release_freed_memory_returns_holes_below_live_allocations():
     assert result["returned"] > 20 * 2**20, result  # of the ~57 MiB freed between the pins
 
 
+def test_one_memory_releaser_per_thread_trims_at_most_once_a_second_across_partitions():
+    """The stage executor's partitions share their thread's releaser: a stream of small partitions
+    (a dedup cluster each) trims the heap once a second, not once per partition."""
+    import threading
+
+    from nemo_aesthetic.distributed import thread_memory_releaser
+
+    releaser = thread_memory_releaser()
+    assert thread_memory_releaser() is releaser
+    releaser()
+    first = releaser.last
+    thread_memory_releaser()()  # the next partition, within the second: no second trim
+    assert releaser.last == first
+    other = []
+    worker = threading.Thread(target=lambda: other.append(thread_memory_releaser()))
+    worker.start()
+    worker.join()
+    assert other[0] is not releaser
+
+
 # ------------------------------------------------------------------ NeMo Curator 0.x call shapes
 UPSTREAM_PARAMETERS = [  # nemo_curator.utils.distributed_utils.get_client at v0.9.0, in order
     ("cluster_type", "cpu"), ("scheduler_address", None), ("scheduler_file", None),

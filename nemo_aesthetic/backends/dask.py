@@ -5,7 +5,8 @@ and makes the partitions. Each partition becomes ONE Dask task that streams it t
 later stage on the worker: each batch the reader yields goes down the remaining stages before
 the next one is read, so a worker holds about one batch per stage, not a shard, and images never
 pass through the scheduler. As batches go by, the memory they freed goes back to the system (at
-most once a second: :class:`~nemo_aesthetic.distributed.FreedMemoryReleaser`), or the worker's
+most once a second per worker thread, across its partitions:
+:func:`~nemo_aesthetic.distributed.thread_memory_releaser`), or the worker's
 footprint would creep up with the number of batches. Models load once per worker process
 (``load_object_on_worker``).
 
@@ -32,7 +33,7 @@ from typing import Callable, Iterable, Iterator
 
 from nemo_aesthetic import progress
 from nemo_aesthetic.backends.base import BaseExecutor, WorkerMetadata
-from nemo_aesthetic.distributed import FreedMemoryReleaser
+from nemo_aesthetic.distributed import thread_memory_releaser
 from nemo_aesthetic.progress import ShardProgress, set_current_shard_progress
 from nemo_aesthetic.retrying import is_transient
 from nemo_aesthetic.tasks import EmptyTask
@@ -116,7 +117,7 @@ def run_partition(stages: list, task, label: str | None = None, run_id: str | No
                 _SET_UP[key] = ready
     set_current_shard_progress(tracker)
     try:
-        outputs = list(stream(ready, [task], after_each=FreedMemoryReleaser()))
+        outputs = list(stream(ready, [task], after_each=thread_memory_releaser()))
     finally:
         set_current_shard_progress(None)
         if run_id is None:
