@@ -192,6 +192,26 @@ class FreedMemoryReleaser:
             self.last = time.monotonic()
 
 
+def current_client() -> Client | None:
+    """The running distributed client work is handed to now (the default client), or None."""
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:
+        return None
+    return client if client.status == "running" else None
+
+
+def compute_client() -> Client | None:
+    """:func:`current_client`, unless dask's ``scheduler`` setting sends ``.compute()`` elsewhere
+    (``--cluster sync``, or a ``dask.config.set(scheduler="sync")`` block): code that mixes a
+    collection's ``.compute()`` with ``client.map`` must then keep to one process too."""
+    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
+        return None
+    return current_client()
+
+
 _RELEASERS = threading.local()
 
 

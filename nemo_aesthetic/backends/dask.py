@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Iterator
 
 from nemo_aesthetic import progress
 from nemo_aesthetic.backends.base import BaseExecutor, WorkerMetadata
+from nemo_aesthetic.distributed import current_client as _current_client
 from nemo_aesthetic.distributed import thread_memory_releaser
 from nemo_aesthetic.progress import ShardProgress, set_current_shard_progress
 from nemo_aesthetic.retrying import is_transient
@@ -268,16 +269,6 @@ def _resolve_client(client):
 
     logger.info("no Dask client found: starting a LocalCluster for this run")
     return get_client(cluster_type="gpu" if torch.cuda.is_available() else "cpu", dashboard_address=":0"), True
-
-
-def _current_client():
-    from distributed import default_client
-
-    try:
-        client = default_client()
-    except ValueError:
-        return None
-    return client if client.status == "running" else None
 
 
 def _worker_id() -> str:

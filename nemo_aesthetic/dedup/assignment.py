@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from nemo_aesthetic import frames
 from nemo_aesthetic.dedup.embeddings import partition_embeddings
@@ -67,15 +66,9 @@ class Assignment:
 
     def frame(self):
         """Every usable row as a frame (``keep_columns``, ``centroid`` and the distances)."""
-        out = self.table().to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa_is_list(t) else None)
+        out = frames.arrow_to_frame(self.table())
         out.insert(len(self.keep_columns), "centroid", self.labels.astype(np.int32))
         return out
-
-
-def pa_is_list(arrow_type) -> bool:
-    import pyarrow as pa
-
-    return pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type)
 
 
 def assign(frame, column: str, centroids: np.ndarray, keep_columns: list[str]) -> Assignment:

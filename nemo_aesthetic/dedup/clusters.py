@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from nemo_aesthetic import frames
 from nemo_aesthetic.atomic import atomic_open, is_local
+from nemo_aesthetic.distributed import compute_client
 from nemo_aesthetic.dedup.assignment import assign, assign_held_block
 from nemo_aesthetic.dedup.pairwise import cluster_matches
 
@@ -74,26 +75,12 @@ def start_unique_id_check(ddf, id_field: str):
     ids = ddf[[id_field]]
     shuffled = ids.shuffle(on=id_field, npartitions=max(1, ids.npartitions), shuffle_method=SHUFFLE_METHOD)
     repeated = shuffled.map_partitions(_repeated_ids, id_field, meta=ids._meta)
-    client = _current_client()
+    client = compute_client()
     if client is None:
         found = repeated.compute()
         return lambda: _refuse_repeated(found, id_field)
     future = client.compute(repeated)
     return lambda: _refuse_repeated(future.result(), id_field)
-
-
-def _current_client():
-    """The distributed client dask would use now, or None (a local scheduler, ``--cluster sync``)."""
-    import dask
-
-    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
-        return None
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
 
 
 def _refuse_repeated(repeated, id_field: str) -> None:
@@ -210,14 +197,9 @@ def read_cluster(files: list[str], columns: list[str], storage_options: dict | N
     if arrow_lists and files and not read_kwargs:
         fs, _ = fsspec.core.url_to_fs(files[0], **(storage_options or {}))
         tables = [pq.read_table(fs._strip_protocol(f), columns=columns, filesystem=fs) for f in files]
-        return pa.concat_tables(tables).to_pandas(types_mapper=_lists_as_arrow)
+        return frames.arrow_to_frame(pa.concat_tables(tables), "pandas")
     parts = [pd.read_parquet(f, columns=columns, storage_options=storage_options, **read_kwargs) for f in files]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-
-
-def _lists_as_arrow(arrow_type):
-    list_type = pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type)
-    return pd.ArrowDtype(arrow_type) if list_type or pa.types.is_large_list(arrow_type) else None
 
 
 def write_cluster_matches(files: list[str], output_file: str, id_field: str, embedding_field: str, ranking,

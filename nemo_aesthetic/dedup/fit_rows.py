@@ -129,10 +129,15 @@ def block_stats(frame):
                          "dim": [attrs.get("dim", -1) if len(frame) else -1]})
 
 
+def _drawn(rows, fraction, seed, number):
+    """The rows (of block ``number``) a k-means++ sample keeps, each with probability ``fraction``:
+    the same draw whether the blocks are held or read again."""
+    return rows if fraction >= 1 else rows[np.random.default_rng([seed, number]).random(len(rows)) < fraction]
+
+
 def block_sample(frame, fraction, seed, number):
     """Rows of a block kept with probability ``fraction``, as a host array."""
-    matrix = block_matrix(frame, "cpu").numpy()
-    return matrix if fraction >= 1 else matrix[np.random.default_rng([seed, number]).random(len(matrix)) < fraction]
+    return _drawn(block_matrix(frame, "cpu").numpy(), fraction, seed, number)
 
 
 def block_sums(frame, centroids):
@@ -183,9 +188,9 @@ class FitRows:
         return int(stats["fit"].sum()) * max(int(stats["dim"].max()), 0) * 4
 
     def hold(self) -> None:
-        from nemo_aesthetic.dedup.clusters import _current_client
+        from nemo_aesthetic.distributed import compute_client
 
-        self.client = _current_client()
+        self.client = compute_client()
         if self.client is not None:
             from distributed import futures_of
 
@@ -257,5 +262,4 @@ def _numbered_stats(block, number):
 
 
 def _sample_frame(frame, fraction, seed, partition_info=None):
-    number = (partition_info or {}).get("number", 0)
-    return frame if fraction >= 1 else frame[np.random.default_rng([seed, number]).random(len(frame)) < fraction]
+    return _drawn(frame, fraction, seed, (partition_info or {}).get("number", 0))

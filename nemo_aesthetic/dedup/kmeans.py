@@ -100,7 +100,8 @@ def fit_kmeans(ddf, column: str, n_clusters: int, max_iter: int = 300, tol: floa
                keep_columns: list[str] | None = None) -> KMeansResult:
     """Fit ``n_clusters`` centroids to ``ddf[column]`` (Lloyd's iterations on the workers).
 
-    The rows are read and normalised once into float32 blocks (:func:`_fit_rows`). ``hold``: keep
+    The rows are read and normalised once into float32 blocks
+    (:func:`~nemo_aesthetic.dedup.fit_rows.fit_block`). ``hold``: keep
     those blocks in the workers' memory for the iterations (always with ``fit_data_fraction``,
     which fits on that share of the rows); False re-reads them at each iteration so that worker
     memory stays one partition; None holds them when they take at most ``PERSIST_BELOW_BYTES``

@@ -112,7 +112,6 @@ class KMeansReadFitWriteStage(ProcessingStage):
                                          "unclustered_path": left_out_path if left_out else None,
                                          "n_iter": result.n_iter, "inertia": result.inertia})]
 
-
     def _small_enough_to_hold(self, files: list[str]) -> bool | None:
         """Whether the files are small enough for k-means to keep their embeddings in the workers'
         memory (their size on disk is about that of the float32 vectors: floats do not compress),
